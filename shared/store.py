@@ -1,0 +1,77 @@
+"""The MongoDB store: one client per process, the collections, their indexes, and the write concerns.
+
+Collections:
+  messages          every inbound message, raw bytes first: accepted ones queued (status "ready"),
+                    rejected ones kept with the reason; the mapper claims from here
+  resources         the current version of each FHIR resource, ``_id`` = "Type/id"
+  resource_history  every version of every resource, ``_id`` = "Type/id/_history/N"
+
+Writes that an acknowledgement depends on use write concern majority with journaling, so an
+acknowledged message survives a crash or a failover.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+from pymongo.write_concern import WriteConcern
+
+Document = dict[str, Any]
+DURABLE = WriteConcern(w="majority", j=True)
+
+
+def connect(uri: str, *, app_name: str = "mscc-hub") -> AsyncMongoClient[Document]:
+    """Create the process's one client (no I/O happens until first use)."""
+    return AsyncMongoClient(uri, appname=app_name, tz_aware=True, serverSelectionTimeoutMS=10_000)
+
+
+class Store:
+    """The hub's collections on one database. Create once per process and pass it down."""
+
+    def __init__(self, client: AsyncMongoClient[Document], db_name: str) -> None:
+        self.client = client
+        self.db: AsyncDatabase[Document] = client.get_database(db_name)
+        self.messages: AsyncCollection[Document] = self.db.get_collection("messages", write_concern=DURABLE)
+        self.resources: AsyncCollection[Document] = self.db.get_collection("resources", write_concern=DURABLE)
+        self.history: AsyncCollection[Document] = self.db.get_collection(
+            "resource_history", write_concern=DURABLE
+        )
+
+    async def ensure_schema(self) -> None:
+        """Create collections and indexes; safe to run at every start-up and from many processes."""
+        existing = set(await self.db.list_collection_names())
+        for name in ("messages", "resources", "resource_history"):
+            if name not in existing:
+                try:
+                    await self.db.create_collection(name)
+                except PyMongoError as exc:  # another process created it first
+                    if "already exists" not in str(exc):
+                        raise
+        await self.messages.create_indexes(
+            [
+                # Duplicate detection: sending application + facility + control id (HL7v2), or the
+                # Bundle/MessageHeader identity (FHIR). Only accepted messages carry a key.
+                IndexModel([("dedup_key", ASCENDING)], name="dedup_key", unique=True, sparse=True),
+                IndexModel([("status", ASCENDING), ("received_at", ASCENDING)], name="status_received"),
+                IndexModel([("received_at", ASCENDING)], name="received_at"),
+                IndexModel([("header.control_id", ASCENDING)], name="control_id"),
+            ]
+        )
+        await self.resources.create_indexes(
+            [
+                IndexModel([("type", ASCENDING), ("identifier_keys", ASCENDING)], name="type_identifier"),
+                IndexModel([("type", ASCENDING), ("last_updated", ASCENDING)], name="type_last_updated"),
+            ]
+        )
+
+    async def ping(self) -> bool:
+        """True when the server answers within the client's selection timeout."""
+        try:
+            await self.db.command("ping")
+        except PyMongoError:
+            return False
+        return True
