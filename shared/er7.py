@@ -106,3 +106,36 @@ def split_fields(segment: str, field_separator: str) -> list[str]:
 
 def first_component(value: str, separators: Separators) -> str:
     return value.split(separators.repetition, 1)[0].split(separators.component, 1)[0]
+
+
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n|$)")
+
+
+def split_message_log(data: bytes) -> list[bytes]:
+    """Split a message log (messages one after another, blank lines and ``//`` or ``/* */`` comment lines
+    between them) into messages, each starting at an MSH line. Batch envelopes (FHS/BHS) stay whole.
+    Line endings are kept as they are; only comment and blank lines between messages are dropped.
+    """
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM) :]
+    messages: list[bytearray] = []
+    in_comment = False
+    for match in _LINE.finditer(data):
+        line = match.group()
+        if not line:
+            continue
+        stripped = line.strip()
+        if in_comment:
+            in_comment = b"*/" not in stripped
+            continue
+        if stripped.startswith(b"/*"):
+            in_comment = b"*/" not in stripped
+            continue
+        if not stripped or stripped.startswith(b"//"):
+            continue
+        if stripped[:3] in (b"FHS", b"BHS") and not messages:
+            return [data.strip(b"\r\n")]
+        if stripped.startswith(b"MSH") or not messages:
+            messages.append(bytearray())
+        messages[-1] += line
+    return [bytes(m) for m in messages]

@@ -43,8 +43,15 @@ def operation_outcome(issues: list[dict[str, Any]]) -> Resource:
 class FhirError(Exception):
     """A FHIR request failed; answer ``status`` with ``outcome()``."""
 
-    def __init__(self, status: int, code: str, diagnostics: str, *, expression: list[str] | None = None,
-                 issues: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        diagnostics: str,
+        *,
+        expression: list[str] | None = None,
+        issues: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(diagnostics)
         self.status = status
         self.issues = issues or [issue("error", code, diagnostics, expression)]
@@ -56,8 +63,9 @@ class FhirError(Exception):
 def check_content_type(content_type: str | None) -> None:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media not in JSON_TYPES:
-        raise FhirError(415, "not-supported",
-                        f"Content-Type {content_type or '(none)'!r} is not supported: send {FHIR_JSON}")
+        raise FhirError(
+            415, "not-supported", f"Content-Type {content_type or '(none)'!r} is not supported: send {FHIR_JSON}"
+        )
 
 
 def parse_json(body: bytes) -> Resource:
@@ -67,8 +75,9 @@ def parse_json(body: bytes) -> Resource:
     except UnicodeDecodeError as exc:
         raise FhirError(400, "structure", f"body is not UTF-8 text: {exc}") from exc
     except json.JSONDecodeError as exc:
-        raise FhirError(400, "structure",
-                        f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        raise FhirError(
+            400, "structure", f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
     if not isinstance(data, dict):
         raise FhirError(400, "structure", "body must be a JSON object (a FHIR resource)")
     return data
@@ -88,13 +97,18 @@ def validate(data: Resource, expected: str | tuple[str, ...] | None = None) -> R
         raise FhirError(400, "required", "resourceType is missing", expression=["resourceType"])
     allowed = (expected,) if isinstance(expected, str) else expected
     if allowed and resource_type not in allowed:
-        raise FhirError(400, "invalid", f"resourceType is {resource_type!r}; this endpoint takes "
-                                        f"{' or '.join(allowed)}", expression=["resourceType"])
+        raise FhirError(
+            400,
+            "invalid",
+            f"resourceType is {resource_type!r}; this endpoint takes {' or '.join(allowed)}",
+            expression=["resourceType"],
+        )
     try:
         model = get_fhir_model_class(resource_type)
     except (ValueError, KeyError) as exc:
-        raise FhirError(400, "not-supported", f"{resource_type!r} is not a FHIR R4 resource type",
-                        expression=["resourceType"]) from exc
+        raise FhirError(
+            400, "not-supported", f"{resource_type!r} is not a FHIR R4 resource type", expression=["resourceType"]
+        ) from exc
     try:
         model.model_validate(data)
     except ValidationError as exc:
@@ -112,5 +126,6 @@ def business_identifiers(resource: Resource) -> list[tuple[str, str]]:
     """The (system, value) pairs of a resource's ``identifier`` (a list, or one for Bundle)."""
     raw = resource.get("identifier")
     items = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else []
-    return [(str(i["system"]), str(i["value"])) for i in items
-            if isinstance(i, dict) and i.get("system") and i.get("value")]
+    return [
+        (str(i["system"]), str(i["value"])) for i in items if isinstance(i, dict) and i.get("system") and i.get("value")
+    ]

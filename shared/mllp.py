@@ -9,6 +9,7 @@ replay tool and HL7v2 delivery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 START_BLOCK = b"\x0b"
@@ -195,7 +196,5 @@ class MllpClient:
 
     async def close(self) -> None:
         self._writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await self._writer.wait_closed()
-        except OSError:
-            pass

@@ -126,14 +126,22 @@ class LocalMongod:
     def _argv(self) -> list[str]:
         return [
             str(self.binary),
-            "--replSet", REPLICA_SET,
-            "--bind_ip", "127.0.0.1",
-            "--port", str(self.port),
-            "--dbpath", str(self.dbpath),
-            "--logpath", str(self.logpath),
-            "--wiredTigerCacheSizeGB", str(self.cache_gb),
-            "--oplogSize", "128",
-            "--setParameter", "diagnosticDataCollectionEnabled=false",
+            "--replSet",
+            REPLICA_SET,
+            "--bind_ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dbpath",
+            str(self.dbpath),
+            "--logpath",
+            str(self.logpath),
+            "--wiredTigerCacheSizeGB",
+            str(self.cache_gb),
+            "--oplogSize",
+            "128",
+            "--setParameter",
+            "diagnosticDataCollectionEnabled=false",
         ]
 
     def start(self, *, detach: bool = False, timeout_s: float = 60.0) -> None:

@@ -37,9 +37,7 @@ class Store:
         self.db: AsyncDatabase[Document] = client.get_database(db_name)
         self.messages: AsyncCollection[Document] = self.db.get_collection("messages", write_concern=DURABLE)
         self.resources: AsyncCollection[Document] = self.db.get_collection("resources", write_concern=DURABLE)
-        self.history: AsyncCollection[Document] = self.db.get_collection(
-            "resource_history", write_concern=DURABLE
-        )
+        self.history: AsyncCollection[Document] = self.db.get_collection("resource_history", write_concern=DURABLE)
 
     async def ensure_schema(self) -> None:
         """Create collections and indexes; safe to run at every start-up and from many processes."""

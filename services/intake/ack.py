@@ -46,9 +46,7 @@ def _err_segment(issue: Issue, seps: Separators, version: str) -> str:
         location = f"{match.group(1)}{cs}1{cs}{match.group(2)}" if match else ""
         return f"ERR{fs}{location}{cs}{issue.code}{ss}{text}{ss}HL70357"
     location = f"{match.group(1)}{cs}1{cs}{match.group(2)}" if match else ""
-    return fs.join(
-        ["ERR", "", location, f"{issue.code}{cs}{code_text}{cs}HL70357", issue.severity, "", "", "", text]
-    )
+    return fs.join(["ERR", "", location, f"{issue.code}{cs}{code_text}{cs}HL70357", issue.severity, "", "", "", text])
 
 
 def ack_code(original: str, header: MessageHeader | None) -> str:
@@ -95,16 +93,38 @@ def build_ack(
         trigger = header.trigger_event
         msg_type = f"ACK{seps.component}{trigger}{seps.component}ACK" if trigger else "ACK"
         msh = [
-            "MSH", seps.encoding_characters, get(5) or application, get(6) or facility, get(3), get(4), stamp, "",
-            msg_type, ack_control_id, get(11) or "P", get(12) or "2.5",
+            "MSH",
+            seps.encoding_characters,
+            get(5) or application,
+            get(6) or facility,
+            get(3),
+            get(4),
+            stamp,
+            "",
+            msg_type,
+            ack_control_id,
+            get(11) or "P",
+            get(12) or "2.5",
         ]
         if header.get(18):
             msh += ["", "", "", "", "", get(18)]
         version = header.version
         control_id = header.control_id
     else:
-        msh = ["MSH", seps.encoding_characters, application, facility, "", "", stamp, "", "ACK", ack_control_id,
-               "P", "2.5"]
+        msh = [
+            "MSH",
+            seps.encoding_characters,
+            application,
+            facility,
+            "",
+            "",
+            stamp,
+            "",
+            "ACK",
+            ack_control_id,
+            "P",
+            "2.5",
+        ]
         version = "2.5"
         control_id = ""
     errors = [i for i in issues if i.severity == "E"]

@@ -34,8 +34,7 @@ _Item = tuple[Document, "asyncio.Future[Committed]"]
 
 
 class GroupCommitter:
-    def __init__(self, collection: AsyncCollection[Document], *, max_batch: int = 256,
-                 max_concurrent: int = 2) -> None:
+    def __init__(self, collection: AsyncCollection[Document], *, max_batch: int = 256, max_concurrent: int = 2) -> None:
         self._collection = collection
         self._max_batch = max_batch
         self._max_concurrent = max_concurrent
@@ -48,8 +47,9 @@ class GroupCommitter:
 
     async def start(self) -> None:
         if not self._workers:
-            self._workers = [asyncio.create_task(self._run(), name=f"group-commit-{i}")
-                             for i in range(self._max_concurrent)]
+            self._workers = [
+                asyncio.create_task(self._run(), name=f"group-commit-{i}") for i in range(self._max_concurrent)
+            ]
 
     async def stop(self) -> None:
         """Write what is queued, then stop the workers."""

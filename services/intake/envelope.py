@@ -45,16 +45,18 @@ def split_envelope(data: bytes, spans: list[SegmentSpan]) -> Envelope:
     for number, (name, span) in enumerate(zip(names, spans, strict=True), start=1):
         if name == b"FHS":
             if seen_file_header or number != 1:
-                raise Rejection(SEGMENT_SEQUENCE_ERROR, "file cannot have more than one FHS segment",
-                                location=f"segment {number}")
+                raise Rejection(
+                    SEGMENT_SEQUENCE_ERROR, "file cannot have more than one FHS segment", location=f"segment {number}"
+                )
             seen_file_header = True
             env.has_file_header = True
             env.header_span = span
             current = None
         elif name == b"BHS":
             if in_batch:
-                raise Rejection(SEGMENT_SEQUENCE_ERROR, "batch cannot have more than one BHS segment",
-                                location=f"segment {number}")
+                raise Rejection(
+                    SEGMENT_SEQUENCE_ERROR, "batch cannot have more than one BHS segment", location=f"segment {number}"
+                )
             in_batch = True
             env.header_span = env.header_span or span
             current = None
@@ -65,9 +67,12 @@ def split_envelope(data: bytes, spans: list[SegmentSpan]) -> Envelope:
             current = [span]
             env.messages.append(current)
         elif current is None:
-            raise Rejection(SEGMENT_SEQUENCE_ERROR,
-                            f"segment received before message header: segment {number} "
-                            f"{name.decode('latin-1')!r} precedes the first MSH", location=f"segment {number}")
+            raise Rejection(
+                SEGMENT_SEQUENCE_ERROR,
+                f"segment received before message header: segment {number} "
+                f"{name.decode('latin-1')!r} precedes the first MSH",
+                location=f"segment {number}",
+            )
         else:
             current.append(span)
     return env

@@ -152,8 +152,9 @@ class MessageHeader:
             "receiving_facility": self.first(6),
             "datetime": self.get(7),
             "message_type": self.message_type,
-            "structure": self.get(9).split(self.separators.component)[2] if self.get(9).count(
-                self.separators.component) >= 2 else "",
+            "structure": self.get(9).split(self.separators.component)[2]
+            if self.get(9).count(self.separators.component) >= 2
+            else "",
             "control_id": self.control_id,
             "processing_id": self.processing_id,
             "version": self.version,
@@ -191,14 +192,14 @@ def parse_separators(msh: str, issues: list[Issue] | None = None) -> Separators:
         raise Rejection(DATA_TYPE_ERROR, "MSH segment ends before its field separator (MSH-1)", location="MSH-1")
     fs = msh[3]
     if fs.isalnum() or fs in "\r\n ":
-        raise Rejection(DATA_TYPE_ERROR, f"MSH-1 field separator {fs!r} is not a usable separator",
-                        location="MSH-1")
+        raise Rejection(DATA_TYPE_ERROR, f"MSH-1 field separator {fs!r} is not a usable separator", location="MSH-1")
     end = msh.find(fs, 4)
     enc = msh[4:] if end < 0 else msh[4:end]
     if len(enc) == 5 and enc[2] == enc[3] and enc[4] != "#":
         if issues is not None:
-            issues.append(Issue("W", 0, f"MSH-2 {enc!r} has its escape character doubled; read as "
-                                        f"{enc[:3] + enc[4]!r}", "MSH-2"))
+            issues.append(
+                Issue("W", 0, f"MSH-2 {enc!r} has its escape character doubled; read as {enc[:3] + enc[4]!r}", "MSH-2")
+            )
         enc = enc[:3] + enc[4]
     if len(enc) not in (4, 5) or (len(enc) == 5 and enc[4] != "#"):
         raise Rejection(
@@ -223,25 +224,36 @@ def read_header_fields(msh: str, issues: list[Issue] | None = None) -> MessageHe
     return MessageHeader(seps, (seps.field, *rest))
 
 
-def decode(body: bytes, named: str, default: str, fallback: str) -> tuple[str, str, list[Issue]]:
-    """Decode a message's bytes with the MSH-18 charset (else ``default``), falling back visibly."""
+def decode(
+    body: bytes, named: str, default: str, fallback: str, forced: str | None = None
+) -> tuple[str, str, list[Issue]]:
+    """Decode a message's bytes with ``forced`` (an HTTP charset), else the MSH-18 charset, else
+    ``default``; bytes that do not decode fall back to ``fallback`` with a warning."""
     issues: list[Issue] = []
     if body.startswith(UTF8_BOM):
         body = body[len(UTF8_BOM) :]
         named = named or "UNICODE UTF-8"
     codec = default
-    if named:
+    if forced:
+        codec = forced
+    elif named:
         mapped = CHARSETS.get(named)
         if mapped is None:
-            issues.append(Issue("W", 0, f"MSH-18 character set {named!r} is not known; decoded as {default}",
-                                "MSH-18"))
+            issues.append(Issue("W", 0, f"MSH-18 character set {named!r} is not known; decoded as {default}", "MSH-18"))
         else:
             codec = mapped
     try:
         return body.decode(codec), codec, issues
     except UnicodeDecodeError as exc:
-        issues.append(Issue("W", 0, f"bytes are not valid {codec} (first bad byte at {exc.start}); "
-                                    f"text decoded as {fallback}, raw bytes kept", "MSH-18"))
+        issues.append(
+            Issue(
+                "W",
+                0,
+                f"bytes are not valid {codec} (first bad byte at {exc.start}); "
+                f"text decoded as {fallback}, raw bytes kept",
+                "MSH-18",
+            )
+        )
     try:
         return body.decode(fallback), fallback, issues
     except UnicodeDecodeError:
@@ -264,7 +276,12 @@ def check_segments(data: bytes, spans: list[SegmentSpan], field_separator: bytes
 
 
 def read_message(
-    data: bytes, spans: list[SegmentSpan], *, default_charset: str, fallback_charset: str
+    data: bytes,
+    spans: list[SegmentSpan],
+    *,
+    default_charset: str,
+    fallback_charset: str,
+    forced_charset: str | None = None,
 ) -> HeaderRead:
     """Lean-read one message (``spans`` its segments, the first being MSH) or raise ``Rejection``."""
     if not spans:
@@ -276,14 +293,14 @@ def read_message(
     first_bytes = first_bytes.lstrip()
     if not first_bytes.startswith(b"MSH"):
         shown = first_bytes[:20].decode("latin-1")
-        raise Rejection(SEGMENT_SEQUENCE_ERROR, f"the first segment must be MSH; it starts {shown!r}",
-                        location="segment 1")
+        raise Rejection(
+            SEGMENT_SEQUENCE_ERROR, f"the first segment must be MSH; it starts {shown!r}", location="segment 1"
+        )
     issues: list[Issue] = []
     header = read_header_fields(first_bytes.decode("latin-1"), issues)
     version = header.version
     if version and version not in KNOWN_VERSIONS:
-        raise Rejection(UNSUPPORTED_VERSION, f"MSH-12 version {version!r} is not an HL7 v2 version",
-                        location="MSH-12")
+        raise Rejection(UNSUPPORTED_VERSION, f"MSH-12 version {version!r} is not an HL7 v2 version", location="MSH-12")
     if not version:
         issues.append(Issue("W", 0, "MSH-12 version is empty", "MSH-12"))
     elif version != header.first(12):
@@ -304,5 +321,10 @@ def read_message(
     if not header.control_id:
         issues.append(Issue("W", 0, "MSH-10 control id is empty: duplicates cannot be detected", "MSH-10"))
     body = data[spans[0].start : spans[-1].stop]
-    text, codec, charset_issues = decode(body, header.charset, default_charset, fallback_charset)
+    try:
+        text, codec, charset_issues = decode(body, header.charset, default_charset, fallback_charset, forced_charset)
+    except LookupError as exc:
+        raise Rejection(
+            APPLICATION_INTERNAL_ERROR, f"character set {forced_charset!r} is not known: {exc}", location="MSH-18"
+        ) from exc
     return HeaderRead(header, text, codec, issues + charset_issues)

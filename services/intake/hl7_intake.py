@@ -40,12 +40,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Reply:
-    """What to send back: ``body`` is None when the sender asked for no acknowledgement."""
+    """The acknowledgement. ``send`` is False where MSH-15 asked for none (MLLP then stays silent);
+    ``stored`` is False when nothing could be written (the ACK then asks the sender to resend)."""
 
-    body: bytes | None
+    body: bytes
     code: str
     record_ids: tuple[str, ...]
     duplicate: bool = False
+    send: bool = True
+    stored: bool = True
+    charset: str = "utf-8"
 
 
 @dataclass(frozen=True)
@@ -80,15 +84,21 @@ def _try_header(data: bytes, spans: list[SegmentSpan]) -> MessageHeader | None:
 
 
 class Hl7Intake:
-    def __init__(self, committer: GroupCommitter, policy: SenderPolicy, config: IntakeConfig,
-                 clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        committer: GroupCommitter,
+        policy: SenderPolicy,
+        config: IntakeConfig,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self._committer = committer
         self._policy = policy
         self._config = config
         self._clock = clock or (lambda: datetime.now(UTC))
 
-    async def receive(self, data: bytes, *, channel: str, peer: str, caller: Caller,
-                      charset: str | None = None) -> Reply:
+    async def receive(
+        self, data: bytes, *, channel: str, peer: str, caller: Caller, charset: str | None = None
+    ) -> Reply:
         """Store one frame (a message or a batch) and return the acknowledgement to send."""
         now = self._clock()
         spans = segment_spans(data)
@@ -99,11 +109,11 @@ class Hl7Intake:
             return await self._store_rejection(data, header, rejection, now, channel, peer, caller)
         if not envelope.is_batch:
             return await self._receive_one(data, spans, now, channel, peer, caller, charset)
-        return await self._receive_batch(data, envelope.messages, envelope.has_file_header, now, channel, peer,
-                                         caller, charset)
+        return await self._receive_batch(
+            data, envelope.messages, envelope.has_file_header, now, channel, peer, caller, charset
+        )
 
-    def _base_doc(self, record_id: str, now: datetime, channel: str, peer: str, caller: Caller,
-                  raw: bytes) -> Document:
+    def _base_doc(self, record_id: str, now: datetime, channel: str, peer: str, caller: Caller, raw: bytes) -> Document:
         return {
             "_id": record_id,
             "received_at": now,
@@ -116,13 +126,28 @@ class Hl7Intake:
             "attempts": 0,
         }
 
-    def _ack(self, header: MessageHeader | None, code: str, record_id: str, issues: list[Issue],
-             now: datetime) -> str:
-        return build_ack(header, ack_code(code, header), ack_control_id=record_id[:20], issues=issues,
-                         application=self._config.application, facility=self._config.facility, now=now)
+    def _ack(self, header: MessageHeader | None, code: str, record_id: str, issues: list[Issue], now: datetime) -> str:
+        return build_ack(
+            header,
+            ack_code(code, header),
+            ack_control_id=record_id[:20],
+            issues=issues,
+            application=self._config.application,
+            facility=self._config.facility,
+            now=now,
+        )
 
-    def _prepare(self, data: bytes, spans: list[SegmentSpan], raw: bytes, now: datetime, channel: str,
-                 peer: str, caller: Caller, charset: str | None) -> tuple[Document, MessageHeader | None]:
+    def _prepare(
+        self,
+        data: bytes,
+        spans: list[SegmentSpan],
+        raw: bytes,
+        now: datetime,
+        channel: str,
+        peer: str,
+        caller: Caller,
+        charset: str | None,
+    ) -> tuple[Document, MessageHeader | None]:
         """Build the record for one message: accepted ("ready") or rejected, with its ACK inside.
 
         ``raw`` is what is kept byte-exact: the whole frame, or the message's slice of a batch.
@@ -131,20 +156,35 @@ class Hl7Intake:
         doc = self._base_doc(record_id, now, channel, peer, caller, raw)
         header: MessageHeader | None = None
         try:
-            read: HeaderRead = read_message(data, spans, default_charset=charset or self._config.default_charset,
-                                            fallback_charset=self._config.fallback_charset)
+            read: HeaderRead = read_message(
+                data,
+                spans,
+                default_charset=self._config.default_charset,
+                fallback_charset=self._config.fallback_charset,
+                forced_charset=charset,
+            )
             header = read.header
             self._policy.check(header)
         except Rejection as rejection:
             header = header or _try_header(data, spans)
             issue = Issue("E", rejection.code, rejection.reason, rejection.location)
-            doc.update(status="rejected", reason=rejection.reason, issues=[issue.to_doc()],
-                       header=header.to_doc() if header else None, text=raw.decode("latin-1"),
-                       charset=None)
+            doc.update(
+                status="rejected",
+                reason=rejection.reason,
+                issues=[issue.to_doc()],
+                header=header.to_doc() if header else None,
+                text=raw.decode("latin-1"),
+                charset=None,
+            )
             doc["ack"] = {"code": rejection.ack, "text": self._ack(header, rejection.ack, record_id, [issue], now)}
             return doc, header
-        doc.update(status="ready", header=header.to_doc(), text=read.text, charset=read.charset,
-                   issues=[i.to_doc() for i in read.issues])
+        doc.update(
+            status="ready",
+            header=header.to_doc(),
+            text=read.text,
+            charset=read.charset,
+            issues=[i.to_doc() for i in read.issues],
+        )
         key = dedup_key(header)
         if key:
             doc["dedup_key"] = key
@@ -159,13 +199,24 @@ class Hl7Intake:
             return None
 
     def _unavailable(self, header: MessageHeader | None, now: datetime) -> Reply:
-        issue = Issue("E", APPLICATION_INTERNAL_ERROR,
-                      "the message was not stored (the database did not confirm the write): resend it")
+        issue = Issue(
+            "E",
+            APPLICATION_INTERNAL_ERROR,
+            "the message was not stored (the database did not confirm the write): resend it",
+        )
         text = self._ack(header, "AE", new_id(), [issue], now)
-        return Reply(text.encode("utf-8"), ack_code("AE", header), ())
+        return Reply(text.encode("utf-8"), ack_code("AE", header), (), stored=False)
 
-    async def _receive_one(self, data: bytes, spans: list[SegmentSpan], now: datetime, channel: str, peer: str,
-                           caller: Caller, charset: str | None) -> Reply:
+    async def _receive_one(
+        self,
+        data: bytes,
+        spans: list[SegmentSpan],
+        now: datetime,
+        channel: str,
+        peer: str,
+        caller: Caller,
+        charset: str | None,
+    ) -> Reply:
         doc, header = self._prepare(data, spans, data, now, channel, peer, caller, charset)
         committed = await self._commit([doc])
         if committed is None:
@@ -176,9 +227,16 @@ class Hl7Intake:
             await self._note_duplicate(stored["_id"], now)
         code = stored["ack"]["code"]
         mode_code = ack_code(code, header)
-        body = stored["ack"]["text"].encode(stored.get("charset") or "utf-8", errors="replace")
-        return Reply(body if should_reply(mode_code, header) else None, mode_code, (stored["_id"],),
-                     duplicate=not result.inserted)
+        charset = stored.get("charset") or "utf-8"
+        body = stored["ack"]["text"].encode(charset, errors="replace")
+        return Reply(
+            body,
+            mode_code,
+            (stored["_id"],),
+            duplicate=not result.inserted,
+            send=should_reply(mode_code, header),
+            charset=charset,
+        )
 
     async def _note_duplicate(self, record_id: str, now: datetime) -> None:
         """Count a resend on the original record; the resend itself is not stored again."""
@@ -189,63 +247,105 @@ class Hl7Intake:
         except PyMongoError:  # the reply does not depend on this bookkeeping
             log.warning("could not record a duplicate arrival", extra={"record": record_id})
 
-    async def _store_rejection(self, data: bytes, header: MessageHeader | None, rejection: Rejection,
-                               now: datetime, channel: str, peer: str, caller: Caller,
-                               extra: dict[str, Any] | None = None) -> Reply:
+    async def _store_rejection(
+        self,
+        data: bytes,
+        header: MessageHeader | None,
+        rejection: Rejection,
+        now: datetime,
+        channel: str,
+        peer: str,
+        caller: Caller,
+        extra: dict[str, Any] | None = None,
+    ) -> Reply:
         record_id = new_id()
         issue = Issue("E", rejection.code, rejection.reason, rejection.location)
         doc = self._base_doc(record_id, now, channel, peer, caller, data)
         text = self._ack(header, rejection.ack, record_id, [issue], now)
-        doc.update(status="rejected", reason=rejection.reason, issues=[issue.to_doc()], text=data.decode("latin-1"),
-                   charset=None, header=header.to_doc() if header else None,
-                   ack={"code": rejection.ack, "text": text})
+        doc.update(
+            status="rejected",
+            reason=rejection.reason,
+            issues=[issue.to_doc()],
+            text=data.decode("latin-1"),
+            charset=None,
+            header=header.to_doc() if header else None,
+            ack={"code": rejection.ack, "text": text},
+        )
         doc.update(extra or {})
         if await self._commit([doc]) is None:
             return self._unavailable(header, now)
         code = ack_code(rejection.ack, header)
-        return Reply(text.encode("utf-8") if should_reply(code, header) else None, code, (record_id,))
+        return Reply(text.encode("utf-8"), code, (record_id,), send=should_reply(code, header))
 
-    async def receive_oversize(self, head: bytes, size: int, limit: int, *, channel: str, peer: str,
-                               caller: Caller) -> Reply:
+    async def receive_oversize(
+        self, head: bytes, size: int, limit: int, *, channel: str, peer: str, caller: Caller
+    ) -> Reply:
         """Reject a frame larger than ``limit``: its first ``limit`` bytes are kept, with its size."""
         spans = segment_spans(head)
         header = _try_header(head, spans)
-        rejection = Rejection(APPLICATION_INTERNAL_ERROR,
-                              f"message of {size} bytes exceeds the limit of {limit} bytes "
-                              "(MSCC_MLLP_MAX_MESSAGE_BYTES); its first bytes are kept")
-        return await self._store_rejection(head, header, rejection, self._clock(), channel, peer, caller,
-                                           extra={"size": size, "truncated": True})
+        rejection = Rejection(
+            APPLICATION_INTERNAL_ERROR,
+            f"message of {size} bytes exceeds the limit of {limit} bytes "
+            "(MSCC_MLLP_MAX_MESSAGE_BYTES); its first bytes are kept",
+        )
+        return await self._store_rejection(
+            head, header, rejection, self._clock(), channel, peer, caller, extra={"size": size, "truncated": True}
+        )
 
-    async def keep_unacknowledged(self, data: bytes, reason: str, *, channel: str, peer: str,
-                                  caller: Caller) -> str | None:
+    async def keep_unacknowledged(
+        self, data: bytes, reason: str, *, channel: str, peer: str, caller: Caller
+    ) -> str | None:
         """Keep bytes that cannot be answered (outside a frame, an unfinished frame) with the reason."""
         record_id = new_id()
         doc = self._base_doc(record_id, self._clock(), channel, peer, caller, data)
-        doc.update(status="rejected", reason=reason, text=data.decode("latin-1"), charset=None, header=None,
-                   ack=None, issues=[Issue("E", 100, reason).to_doc()])
+        doc.update(
+            status="rejected",
+            reason=reason,
+            text=data.decode("latin-1"),
+            charset=None,
+            header=None,
+            ack=None,
+            issues=[Issue("E", 100, reason).to_doc()],
+        )
         if await self._commit([doc]) is None:
             return None
         log.warning("kept unacknowledged bytes", extra={"record": record_id, "reason": reason, "peer": peer})
         return record_id
 
-    async def _receive_batch(self, data: bytes, messages: list[list[SegmentSpan]], file_header: bool,
-                             now: datetime, channel: str, peer: str, caller: Caller,
-                             charset: str | None) -> Reply:
+    async def _receive_batch(
+        self,
+        data: bytes,
+        messages: list[list[SegmentSpan]],
+        file_header: bool,
+        now: datetime,
+        channel: str,
+        peer: str,
+        caller: Caller,
+        charset: str | None,
+    ) -> Reply:
         batch_id = new_id()
-        prepared = [self._prepare(data, spans, data[spans[0].start : spans[-1].stop], now, channel, peer, caller,
-                                  charset) for spans in messages]
+        prepared = [
+            self._prepare(data, spans, data[spans[0].start : spans[-1].stop], now, channel, peer, caller, charset)
+            for spans in messages
+        ]
         for index, (doc, _) in enumerate(prepared):
             doc["batch"] = {"id": batch_id, "index": index, "count": len(prepared)}
         envelope = self._base_doc(batch_id, now, channel, peer, caller, data)
-        envelope.update(protocol="hl7v2-batch", status="split", text=data.decode("latin-1"), charset=None,
-                        children=[doc["_id"] for doc, _ in prepared], issues=[])
+        envelope.update(
+            protocol="hl7v2-batch",
+            status="split",
+            text=data.decode("latin-1"),
+            charset=None,
+            children=[doc["_id"] for doc, _ in prepared],
+            issues=[],
+        )
         committed = await self._commit([envelope] + [doc for doc, _ in prepared])
         first_header = next((h for _, h in prepared if h is not None), None)
         if committed is None:
             return self._unavailable(first_header, now)
         acks = []
         codes = []
-        for result, (doc, _) in zip(committed[1:], prepared, strict=True):
+        for result in committed[1:]:
             stored = result.document
             if not result.inserted:
                 await self._note_duplicate(stored["_id"], now)
@@ -255,13 +355,19 @@ class Hl7Intake:
         worst = "AR" if "AR" in codes else "AE" if "AE" in codes else "AA"
         return Reply(body.encode("utf-8"), worst, (batch_id, *(d["_id"] for d, _ in prepared)))
 
-    def _batch_ack(self, acks: list[str], header: MessageHeader | None, file_header: bool, batch_id: str,
-                   now: datetime) -> str:
+    def _batch_ack(
+        self, acks: list[str], header: MessageHeader | None, file_header: bool, batch_id: str, now: datetime
+    ) -> str:
         fs = header.separators.field if header else "|"
         enc = header.separators.encoding_characters if header else "^~\\&"
         stamp = now.strftime("%Y%m%d%H%M%S+0000")
-        head = [self._config.application, self._config.facility, header.get(3) if header else "",
-                header.get(4) if header else "", stamp]
+        head = [
+            self._config.application,
+            self._config.facility,
+            header.get(3) if header else "",
+            header.get(4) if header else "",
+            stamp,
+        ]
         out = []
         if file_header:
             out.append(fs.join(["FHS", enc, *head, "", "", batch_id[:20]]) + "\r")

@@ -90,8 +90,9 @@ class MllpServer:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
-                     caller: Caller) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str, caller: Caller
+    ) -> None:
         settings = self._settings
         decoder = FrameDecoder(settings.mllp_max_message_bytes)
         replies: asyncio.Queue[asyncio.Task[Reply] | None] = asyncio.Queue(settings.mllp_max_in_flight)
@@ -103,8 +104,9 @@ class MllpServer:
                     chunk = await asyncio.wait_for(reader.read(1 << 16), timeout)
                 except TimeoutError:
                     self.stats.timeouts += 1
-                    await self._keep_partial(decoder, peer, caller,
-                                             f"frame unfinished after {timeout}s without data; connection closed")
+                    await self._keep_partial(
+                        decoder, peer, caller, f"frame unfinished after {timeout}s without data; connection closed"
+                    )
                     return
                 except (ConnectionError, OSError):
                     chunk = b""
@@ -120,19 +122,25 @@ class MllpServer:
                 await replies.put(None)
                 await writer_task
 
-    async def _dispatch(self, event: Frame | Junk | Oversize, replies: asyncio.Queue[asyncio.Task[Reply] | None],
-                        peer: str, caller: Caller) -> None:
+    async def _dispatch(
+        self,
+        event: Frame | Junk | Oversize,
+        replies: asyncio.Queue[asyncio.Task[Reply] | None],
+        peer: str,
+        caller: Caller,
+    ) -> None:
         intake = self._intake
         if isinstance(event, Frame):
             self.stats.frames += 1
-            await replies.put(asyncio.create_task(intake.receive(event.data, channel="mllp", peer=peer,
-                                                                 caller=caller)))
+            await replies.put(asyncio.create_task(intake.receive(event.data, channel="mllp", peer=peer, caller=caller)))
         elif isinstance(event, Oversize):
             self.stats.frames += 1
             limit = self._settings.mllp_max_message_bytes
-            await replies.put(asyncio.create_task(intake.receive_oversize(event.head, event.size, limit,
-                                                                          channel="mllp", peer=peer,
-                                                                          caller=caller)))
+            await replies.put(
+                asyncio.create_task(
+                    intake.receive_oversize(event.head, event.size, limit, channel="mllp", peer=peer, caller=caller)
+                )
+            )
         else:
             self.stats.junk += 1
             await intake.keep_unacknowledged(event.data, event.reason, channel="mllp", peer=peer, caller=caller)
@@ -143,20 +151,22 @@ class MllpServer:
             self.stats.junk += 1
             await self._intake.keep_unacknowledged(pending, reason, channel="mllp", peer=peer, caller=caller)
 
-    async def _write_replies(self, replies: asyncio.Queue[asyncio.Task[Reply] | None],
-                             writer: asyncio.StreamWriter, peer: str) -> None:
+    async def _write_replies(
+        self, replies: asyncio.Queue[asyncio.Task[Reply] | None], writer: asyncio.StreamWriter, peer: str
+    ) -> None:
         """Send replies in arrival order; after a failure keep awaiting, so every message is stored."""
         healthy = True
         while (task := await replies.get()) is not None:
             try:
                 reply = await task
             except Exception:
-                log.exception("intake failed on a frame; closing the connection so the sender resends",
-                              extra={"peer": peer})
+                log.exception(
+                    "intake failed on a frame; closing the connection so the sender resends", extra={"peer": peer}
+                )
                 healthy = False
                 writer.close()
                 continue
-            if not healthy or reply.body is None:
+            if not healthy or not reply.send:
                 continue
             try:
                 writer.write(START_BLOCK + reply.body + END_BLOCK + CARRIAGE_RETURN)

@@ -44,14 +44,15 @@ class SenderRule:
         """Raise ``Rejection`` when this rule does not allow ``header``'s type or processing id."""
         who = f"{header.sending_application or '?'}@{header.sending_facility or '?'}"
         if header.processing_id and header.processing_id not in self.processing_ids:
-            raise Rejection(UNSUPPORTED_PROCESSING_ID,
-                            f"processing id {header.processing_id!r} (MSH-11) is not accepted from {who}; "
-                            f"allowed: {', '.join(self.processing_ids)}", location="MSH-11")
+            raise Rejection(
+                UNSUPPORTED_PROCESSING_ID,
+                f"processing id {header.processing_id!r} (MSH-11) is not accepted from {who}; "
+                f"allowed: {', '.join(self.processing_ids)}",
+                location="MSH-11",
+            )
         allowed = self.message_types
         code, event = header.message_code, header.trigger_event
-        if "*" in allowed or f"{code}^*" in allowed or f"{code}^{event}" in allowed or (
-            not event and code in allowed
-        ):
+        if "*" in allowed or f"{code}^*" in allowed or f"{code}^{event}" in allowed or (not event and code in allowed):
             return
         code_known = any(t.split("^", 1)[0] == code for t in allowed)
         raise Rejection(

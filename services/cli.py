@@ -1,0 +1,98 @@
+"""``mscc``: run the hub or one of its parts, manage the local MongoDB, inspect and reprocess messages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from shared import mongod
+from shared.logging import configure
+from shared.settings import Settings
+
+NOT_YET = (
+    "the {part} is not part of this version yet: stored messages stay queued (status 'ready') "
+    "until it is; 'mscc run' serves intake"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mscc", description="MSCC integration hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the hub in one process against a local MongoDB it starts itself")
+    run.add_argument("--demo", action="store_true", help="send demo traffic once it is up")
+    sub.add_parser("intake", help="run intake only (HTTP + MLLP)")
+    mapper = sub.add_parser("mapper", help="run the mapper only")
+    mapper.add_argument("--burst", action="store_true", help="drain what is ready, then exit")
+    sub.add_parser("notifier", help="run the notifier only")
+    db = sub.add_parser("db", help="the local MongoDB (ignored when MONGODB_URI is set)")
+    db.add_argument("action", choices=["start", "stop", "status"])
+    messages = sub.add_parser("messages", help="inspect and reprocess stored messages")
+    messages.add_argument("action", choices=["list", "show", "reprocess"])
+    messages.add_argument("record", nargs="?", help="record id (show, reprocess)")
+    messages.add_argument("--status", help="list only this status (ready, rejected, ...)")
+    messages.add_argument("--limit", type=int, default=20)
+    replay = sub.add_parser("replay", help="send HL7v2 files (one message, batches or message logs) over MLLP")
+    replay.add_argument("files", nargs="+")
+    replay.add_argument("--host", default="127.0.0.1")
+    replay.add_argument("--port", type=int, help="MLLP port (default: MSCC_MLLP_PORT)")
+    return parser
+
+
+def _db(settings: Settings, action: str) -> int:
+    if settings.mongodb_uri:
+        print(f"MONGODB_URI is set ({settings.mongodb_uri}): the hub uses that server, not a local one")
+        return 0
+    if action == "start":
+        state = mongod.start_daemon(settings.state_dir, settings.cache_dir, settings.mongod_cache_gb)
+        print(f"local MongoDB running: {state.uri} (pid {state.pid}, data {state.dbpath})")
+    elif action == "stop":
+        stopped = mongod.stop_daemon(settings.state_dir)
+        print("stopped" if stopped else "no local MongoDB was running")
+    else:
+        running = mongod.read_state(settings.state_dir)
+        print(f"running: {running.uri} (pid {running.pid})" if running else "not running")
+        return 0 if running else 3
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"mscc: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    configure(settings)
+    try:
+        return _dispatch(args, settings)
+    except mongod.MongodError as exc:
+        print(f"mscc: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from . import runner, tools
+
+    if args.command in ("run", "intake"):
+        asyncio.run(runner.serve(settings, demo=getattr(args, "demo", False)))
+        return 0
+    if args.command in ("mapper", "notifier"):
+        print(f"mscc: {NOT_YET.format(part=args.command)}", file=sys.stderr)
+        return 2
+    if args.command == "db":
+        return _db(settings, args.action)
+    if args.command == "messages":
+        return asyncio.run(tools.messages(settings, args.action, args.record, args.status, args.limit))
+    if args.command == "replay":
+        return asyncio.run(tools.replay(args.files, args.host, args.port or settings.mllp_port))
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

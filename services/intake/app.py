@@ -1,0 +1,72 @@
+"""The intake HTTP application: routers, health, and one error shape per API (OperationOutcome for FHIR)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.auth import Unauthenticated
+from shared.fhir import FhirError
+
+from . import routes_fhir, routes_hl7
+from .deps import Intake
+from .routes_fhir import FhirResponse, metadata, outcome_response
+from .service import IntakeService
+
+
+def create_app(service: IntakeService) -> FastAPI:
+    """The FastAPI app over an already-constructed ``IntakeService`` (its lifecycle is the caller's)."""
+    app = FastAPI(
+        title="MSCC integration hub: intake",
+        description="HL7v2 and FHIR R4 referrals in; every message stored before it is acknowledged.",
+        version=routes_fhir._version(),
+    )
+    app.state.intake = service
+    app.include_router(routes_hl7.router)
+    app.include_router(routes_fhir.router)
+    app.add_api_route(
+        "/metadata",
+        metadata,
+        methods=["GET"],
+        response_class=FhirResponse,
+        summary="CapabilityStatement (also at /fhir/metadata)",
+        tags=["FHIR"],
+    )
+
+    @app.get("/healthz", tags=["operations"], summary="The process is running")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Ready: the store answers")
+    async def readyz(intake: Intake) -> JSONResponse:
+        if await intake.store.ping():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "unavailable", "reason": "the database does not answer"}, status_code=503)
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(request: Request, exc: FhirError) -> Response:
+        return outcome_response(exc)
+
+    @app.exception_handler(Unauthenticated)
+    async def unauthenticated(request: Request, exc: Unauthenticated) -> Response:
+        if request.url.path.startswith("/fhir"):
+            return outcome_response(FhirError(401, "login", str(exc)))
+        return Response(f"{exc}\n", status_code=401, media_type="text/plain")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith("/fhir"):
+            code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+            detail = f"{request.method} {request.url.path}: {exc.detail}"
+            return outcome_response(FhirError(exc.status_code, code, detail))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/fhir"):
+            return outcome_response(FhirError(400, "invalid", f"request is not valid: {exc.errors()}"))
+        return JSONResponse({"detail": exc.errors()}, status_code=422)
+
+    return app

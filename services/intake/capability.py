@@ -1,0 +1,61 @@
+"""The CapabilityStatement: exactly what this server supports, no more."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from shared.fhir import FHIR_JSON, FHIR_VERSION, Resource, validate
+
+UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/"
+VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
+SUPPORTED_TYPES = ("ServiceRequest", "Patient", "Encounter", "CarePlan", "QuestionnaireResponse")
+
+
+def capability_statement(base_url: str, software_version: str) -> Resource:
+    read_only = [{"code": "read"}, {"code": "vread"}]
+    resources = [
+        {
+            "type": "ServiceRequest",
+            "profile": f"{UK_CORE}UKCore-ServiceRequest",
+            "interaction": [{"code": "create"}, *read_only],
+            "versioning": "versioned",
+            "readHistory": True,
+            "conditionalCreate": True,
+            "documentation": "create honours If-None-Exist: identifier=system|value; the resource id is "
+            "derived from the first business identifier, so a repeated create is idempotent",
+            "operation": [VALIDATE],
+        },
+        *[
+            {
+                "type": t,
+                "profile": f"{UK_CORE}UKCore-{t}",
+                "interaction": read_only,
+                "versioning": "versioned",
+                "readHistory": True,
+                "operation": [VALIDATE],
+            }
+            for t in ("Patient", "Encounter", "CarePlan", "QuestionnaireResponse")
+        ],
+    ]
+    statement: Resource = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": datetime.now(UTC).date().isoformat(),
+        "publisher": "MSCC integration hub",
+        "kind": "instance",
+        "software": {"name": "mscc-hub", "version": software_version},
+        "implementation": {"description": "MSCC integration hub FHIR API", "url": f"{base_url}/fhir"},
+        "fhirVersion": FHIR_VERSION,
+        "format": [FHIR_JSON, "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "POST /fhir takes transaction, batch and message Bundles: they are stored, "
+                "acknowledged (202 with a receipt Bundle, or a message response) and processed "
+                "asynchronously. XML is not supported.",
+                "resource": resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            }
+        ],
+    }
+    return validate(statement, "CapabilityStatement")

@@ -1,0 +1,44 @@
+"""The intake service: its group committer, HL7v2 and FHIR intakes and MLLP listener, started together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from shared.settings import Settings
+from shared.store import Store
+
+from .committer import GroupCommitter
+from .fhir_intake import FhirIntake
+from .hl7_intake import Hl7Intake, IntakeConfig
+from .mllp_server import MllpServer
+from .policy import load_policy
+
+
+class IntakeService:
+    """Owns intake's moving parts. ``start`` opens the MLLP port; the HTTP app is served separately."""
+
+    def __init__(self, settings: Settings, store: Store, clock: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.committer = GroupCommitter(
+            store.messages, max_batch=settings.commit_max_batch, max_concurrent=settings.commit_max_concurrent
+        )
+        config = IntakeConfig(
+            settings.receiving_application,
+            settings.receiving_facility,
+            settings.hl7_default_charset,
+            settings.hl7_fallback_charset,
+        )
+        self.hl7 = Hl7Intake(self.committer, load_policy(settings.senders_file), config, clock)
+        self.fhir = FhirIntake(store, self.committer, settings.base_url, clock)
+        self.mllp = MllpServer(self.hl7, settings)
+
+    async def start(self, *, mllp: bool = True) -> None:
+        await self.committer.start()
+        if mllp:
+            await self.mllp.start(self.settings.mllp_host, self.settings.mllp_port)
+
+    async def stop(self) -> None:
+        await self.mllp.stop()
+        await self.committer.stop()

@@ -1,0 +1,123 @@
+"""Operator tools behind ``mscc messages`` and ``mscc replay``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from shared.auth import Caller
+from shared.er7 import split_message_log
+from shared.fhir import FhirError
+from shared.mllp import MllpClient, MllpError
+from shared.settings import Settings
+from shared.store import Document, Store, connect
+
+from .intake.service import IntakeService
+from .runner import database
+
+
+def _line(doc: Document) -> str:
+    header = doc.get("header") or {}
+    what = header.get("message_type") or header.get("interaction") or doc.get("protocol")
+    when = doc["received_at"].isoformat(timespec="seconds") if isinstance(doc.get("received_at"), datetime) else ""
+    reason = f"  {doc['reason']}" if doc.get("reason") else ""
+    return f"{doc['_id']}  {when}  {doc.get('status', ''):<10} {doc.get('protocol', ''):<12} {what}{reason}"
+
+
+async def messages(settings: Settings, action: str, record: str | None, status: str | None, limit: int) -> int:
+    async with database(settings) as uri:
+        client = connect(uri)
+        try:
+            store = Store(client, settings.db_name)
+            if action == "list":
+                query: dict[str, Any] = {"status": status} if status else {}
+                async for doc in store.messages.find(query, {"raw": 0, "text": 0}).sort("received_at", -1).limit(limit):
+                    print(_line(doc))
+                return 0
+            if not record:
+                print(f"mscc messages {action}: give a record id (see 'mscc messages list')", file=sys.stderr)
+                return 2
+            found = await store.messages.find_one({"_id": record})
+            if found is None:
+                print(f"mscc messages {action}: no record {record}", file=sys.stderr)
+                return 1
+            if action == "show":
+                shown = {k: v for k, v in found.items() if k != "raw"}
+                print(json.dumps(shown, indent=2, default=str))
+                return 0
+            return await _reprocess(settings, store, found)
+        finally:
+            await client.close()
+
+
+async def _reprocess(settings: Settings, store: Store, doc: Document) -> int:
+    """Run a kept record through intake again (after a fix or a configuration change)."""
+    if doc.get("status") != "rejected":
+        print(
+            f"record {doc['_id']} has status {doc.get('status')!r}: only rejected records are reprocessed here",
+            file=sys.stderr,
+        )
+        return 1
+    service = IntakeService(settings, store)
+    await service.start(mllp=False)
+    caller = Caller(**{**doc["caller"], "scopes": frozenset(doc["caller"].get("scopes", []))})
+    raw: bytes = doc["raw"]
+    try:
+        if doc.get("protocol") == "fhir":
+            header = doc.get("header") or {}
+            try:
+                if header.get("interaction") == "create":
+                    reply = await service.fhir.create(
+                        header["resource_type"], raw, "application/fhir+json", None, caller, "reprocess"
+                    )
+                else:
+                    reply = await service.fhir.post_bundle(raw, "application/fhir+json", caller, "reprocess")
+                outcome, new_ids = f"HTTP {reply.status}", [reply.headers.get("X-Message-Id", "")]
+            except FhirError as exc:
+                outcome, new_ids = f"HTTP {exc.status}: {exc}", []
+        else:
+            ack = await service.hl7.receive(raw, channel="reprocess", peer="reprocess", caller=caller)
+            outcome, new_ids = ack.code, list(ack.record_ids)
+    finally:
+        await service.stop()
+    await store.messages.update_one(
+        {"_id": doc["_id"]},
+        {"$set": {"reprocessed": {"at": datetime.now().astimezone(), "outcome": outcome, "records": new_ids}}},
+    )
+    print(f"reprocessed {doc['_id']}: {outcome}; new records: {', '.join(i for i in new_ids if i) or 'none'}")
+    return 0
+
+
+async def replay(files: list[str], host: str, port: int) -> int:
+    """Send each message of each file over MLLP, in order, printing each ACK's MSA-1; 1 if any failed."""
+    failures = 0
+    try:
+        client = await MllpClient.connect(host, port)
+    except MllpError as exc:
+        print(f"mscc replay: {exc}", file=sys.stderr)
+        return 1
+    try:
+        for name in files:
+            data = await asyncio.to_thread(Path(name).read_bytes)
+            for number, message in enumerate(split_message_log(data), start=1):
+                reply = await client.send(message)
+                code = _msa_code(reply)
+                failures += code not in ("AA", "CA")
+                print(f"{name} #{number}: {code}")
+    except (OSError, MllpError) as exc:
+        print(f"mscc replay: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+    return 1 if failures else 0
+
+
+def _msa_code(reply: bytes) -> str:
+    for segment in reply.replace(b"\n", b"\r").split(b"\r"):
+        if segment.startswith(b"MSA"):
+            return segment[4:].split(segment[3:4] or b"|", 1)[0].decode("latin-1")
+    return "?"

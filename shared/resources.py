@@ -1,0 +1,99 @@
+"""Versioned FHIR resources in MongoDB: the current version in ``resources``, every version in history.
+
+Documents::
+
+    resources         {_id: "Type/id", type, id, version, last_updated, identifier_keys, resource}
+    resource_history  {_id: "Type/id/_history/N", type, id, version, last_updated, source, resource}
+
+``version_documents`` builds both for a new version; the caller writes them (with its message record,
+in one transaction) so a resource and the message it came from are stored together or not at all.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.client_session import AsyncClientSession
+
+from .fhir import Resource, business_identifiers
+from .ids import identifier_key
+from .store import Document, Store
+
+
+def stamp(resource: Resource, resource_id: str, version: int, when: datetime, source: str) -> Resource:
+    """A copy of ``resource`` with its id and ``meta`` (versionId, lastUpdated, source) set."""
+    out = copy.deepcopy(resource)
+    out["id"] = resource_id
+    meta = dict(out.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    meta["source"] = source
+    out["meta"] = meta
+    return out
+
+
+def content_of(resource: Resource) -> Resource:
+    """What a resource says, without server-assigned id and meta: to decide if a write changes it."""
+    return {k: v for k, v in resource.items() if k not in ("id", "meta")}
+
+
+def version_documents(resource: Resource, version: int, when: datetime) -> tuple[Document, Document]:
+    rtype, rid = resource["resourceType"], resource["id"]
+    keys = [identifier_key(rtype, s, v) for s, v in business_identifiers(resource)]
+    current = {
+        "_id": f"{rtype}/{rid}",
+        "type": rtype,
+        "id": rid,
+        "version": version,
+        "last_updated": when,
+        "identifier_keys": keys,
+        "resource": resource,
+    }
+    history = {
+        "_id": f"{rtype}/{rid}/_history/{version}",
+        "type": rtype,
+        "id": rid,
+        "version": version,
+        "last_updated": when,
+        "resource": resource,
+    }
+    return current, history
+
+
+class ResourceStore:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def read(
+        self, resource_type: str, resource_id: str, session: AsyncClientSession | None = None
+    ) -> Document | None:
+        return await self._store.resources.find_one({"_id": f"{resource_type}/{resource_id}"}, session=session)
+
+    async def vread(self, resource_type: str, resource_id: str, version: str) -> Document | None:
+        return await self._store.history.find_one({"_id": f"{resource_type}/{resource_id}/_history/{version}"})
+
+    async def by_identifier(self, resource_type: str, system: str, value: str, limit: int = 2) -> list[Document]:
+        cursor = self._store.resources.find(
+            {"type": resource_type, "identifier_keys": identifier_key(resource_type, system, value)}
+        ).limit(limit)
+        return [doc async for doc in cursor]
+
+    async def insert_version(
+        self, resource: Resource, version: int, when: datetime, session: AsyncClientSession
+    ) -> None:
+        """Insert version ``version`` (1 = create). ``DuplicateKeyError`` if it already exists."""
+        current, history = version_documents(resource, version, when)
+        await self._store.history.insert_one(history, session=session)
+        if version == 1:
+            await self._store.resources.insert_one(current, session=session)
+        else:
+            await self._store.resources.replace_one(
+                {"_id": current["_id"], "version": version - 1}, current, session=session
+            )
+
+
+def to_wire(doc: Document) -> dict[str, Any]:
+    resource: dict[str, Any] = doc["resource"]
+    return resource
