@@ -22,8 +22,11 @@ def fields(segment: str) -> list[str]:
 
 def test_ack_swaps_sender_and_receiver_and_echoes_the_control_id() -> None:
     h = header("MSH|^~\\&|SENDAPP|SENDFAC|RECVAPP|RECVFAC|20260101||ADT^A01^ADT_A01|MSG00001|P|2.5")
-    msh, msa = build_ack(h, "AA", ack_control_id="ACK1", issues=[], application="HUB", facility="REN",
-                         now=NOW).rstrip("\r").split("\r")
+    msh, msa = (
+        build_ack(h, "AA", ack_control_id="ACK1", issues=[], application="HUB", facility="REN", now=NOW)
+        .rstrip("\r")
+        .split("\r")
+    )
     f = fields(msh)
     assert f[2:6] == ["RECVAPP", "RECVFAC", "SENDAPP", "SENDFAC"]
     assert f[6] == "20261125093000+0000"
@@ -38,10 +41,13 @@ def test_camel_expected_ack_fields_match_for_its_test_message() -> None:
     One deliberate difference: where the sender left its receiving facility (MSH-6) empty, our ACK
     names this hub's facility as the responder instead of leaving MSH-4 empty.
     """
-    sent = (CORPUS / "apache-camel-mllp/hl7v2/ADT_A04__AckTestSupport__TEST_MESSAGE.hl7").read_text()
-    expected = (CORPUS / "apache-camel-mllp/hl7v2/ACK_A04__AckTestSupport__EXPECTED_ACKNOWLEDGEMENT.hl7").read_text()
-    ours = build_ack(header(sent.split("\r")[0]), "AA", ack_control_id="X", issues=[], application="HUB",
-                     facility="REN", now=NOW)
+    sent = (CORPUS / "apache-camel-mllp/hl7v2/ADT_A04__AckTestSupport__TEST_MESSAGE.hl7").read_bytes().decode()
+    expected = (
+        (CORPUS / "apache-camel-mllp/hl7v2/ACK_A04__AckTestSupport__EXPECTED_ACKNOWLEDGEMENT.hl7").read_bytes().decode()
+    )
+    ours = build_ack(
+        header(sent.split("\r")[0]), "AA", ack_control_id="X", issues=[], application="HUB", facility="REN", now=NOW
+    )
     ours_msh, theirs_msh = fields(ours.split("\r")[0]), fields(expected.split("\r")[0])
     assert ours_msh[2] == theirs_msh[2]
     assert (theirs_msh[3], ours_msh[3]) == ("", "REN")
@@ -53,27 +59,49 @@ def test_camel_expected_ack_fields_match_for_its_test_message() -> None:
 
 def test_err_segment_v25_and_v23_shapes() -> None:
     issue = Issue("E", 203, "MSH-12 version '2.999' is not known", "MSH-12")
-    v25 = build_ack(header("MSH|^~\\&|A|B|C|D|2026||ADT^A01|9|P|2.5"), "AR", ack_control_id="1", issues=[issue],
-                    application="H", facility="R", now=NOW).split("\r")
+    v25 = build_ack(
+        header("MSH|^~\\&|A|B|C|D|2026||ADT^A01|9|P|2.5"),
+        "AR",
+        ack_control_id="1",
+        issues=[issue],
+        application="H",
+        facility="R",
+        now=NOW,
+    ).split("\r")
     err = fields(v25[2])
     assert err[0] == "ERR" and err[2] == "MSH^1^12" and err[3] == "203^Unsupported version id^HL70357"
     assert err[4] == "E" and "not known" in err[8]
     assert v25[1].startswith("MSA|AR|9|")
-    v23 = build_ack(header("MSH|^~\\&|A|B|C|D|2026||ADT^A01|9|P|2.3"), "AR", ack_control_id="1", issues=[issue],
-                    application="H", facility="R", now=NOW).split("\r")
+    v23 = build_ack(
+        header("MSH|^~\\&|A|B|C|D|2026||ADT^A01|9|P|2.3"),
+        "AR",
+        ack_control_id="1",
+        issues=[issue],
+        application="H",
+        facility="R",
+        now=NOW,
+    ).split("\r")
     assert v23[2].startswith("ERR|MSH^1^12^203&")
 
 
 def test_err_text_is_escaped_in_the_senders_separators() -> None:
     issue = Issue("E", 100, "bad | field ^ here", "")
-    ack = build_ack(header("MSH|^~\\&|A|B|C|D|2026||ADT^A01|9|P|2.5"), "AR", ack_control_id="1", issues=[issue],
-                    application="H", facility="R", now=NOW)
+    ack = build_ack(
+        header("MSH|^~\\&|A|B|C|D|2026||ADT^A01|9|P|2.5"),
+        "AR",
+        ack_control_id="1",
+        issues=[issue],
+        application="H",
+        facility="R",
+        now=NOW,
+    )
     assert "bad \\F\\ field \\S\\ here" in ack
 
 
 def test_no_header_gives_a_minimal_nack_from_the_hub() -> None:
-    ack = build_ack(None, "AR", ack_control_id="1", issues=[Issue("E", 100, "no MSH")], application="HUB",
-                    facility="REN", now=NOW)
+    ack = build_ack(
+        None, "AR", ack_control_id="1", issues=[Issue("E", 100, "no MSH")], application="HUB", facility="REN", now=NOW
+    )
     assert ack.startswith("MSH|^~\\&|HUB|REN|")
     assert "\rMSA|AR||no MSH\r" in ack
 
