@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared.mllp import FrameDecoder, Junk, Oversize, frame
 from shared.mllp import Frame as F
+from shared.mllp import FrameDecoder, Junk, Oversize, frame
 
 MSG = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\rPID|1\r"
 
