@@ -17,7 +17,12 @@ from typing import Any
 from .settings import Settings
 
 _PATIENT_NUMBER = re.compile(r"(?<!\d)(\d{3})[ -]?\d{3}[ -]?(\d{4})(?!\d)")
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 def redact(value: str) -> str:

