@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -18,6 +19,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from shared.store import Document
 
 DUPLICATE_KEY = 11000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class GroupCommitter:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._write(batch)
+            except Exception as exc:  # a bug must not leave senders waiting forever for their ACK
+                log.exception("group commit failed")
+                self._fail(batch, f"internal error while storing: {exc!r}")
             finally:
                 for _ in batch:
                     self._queue.task_done()

@@ -21,6 +21,18 @@ def get_caller(request: Request) -> Caller:
     return caller_for_http(service.settings, dict(request.headers))
 
 
+async def read_body(request: Request, limit: int) -> tuple[bytes, int]:
+    """The body, streamed: at most ``limit + 1`` bytes are kept (the rest is counted, not held), and
+    its full size. A caller compares the size with ``limit`` to refuse oversize bodies."""
+    kept = bytearray()
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if len(kept) <= limit:
+            kept += chunk[: limit + 1 - len(kept)]
+    return bytes(kept), size
+
+
 def peer_of(request: Request) -> str:
     client = request.client
     return f"{client.host}:{client.port}" if client else "unknown"

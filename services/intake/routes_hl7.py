@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from .deps import CallerDep, Intake, Peer
+from .deps import CallerDep, Intake, Peer, read_body
 
 router = APIRouter(tags=["HL7v2"])
 
@@ -38,14 +38,12 @@ async def post_hl7v2(request: Request, intake: Intake, caller: CallerDep, peer: 
             status_code=415,
             media_type="text/plain",
         )
-    body = await request.body()
     limit = intake.settings.mllp_max_message_bytes
-    if len(body) > limit:
-        reply = await intake.hl7.receive_oversize(
-            body[:limit], len(body), limit, channel="http", peer=peer, caller=caller
-        )
+    body, size = await read_body(request, limit)
+    if size > limit:
+        reply = await intake.hl7.receive_oversize(body[:limit], size, limit, channel="http", peer=peer, caller=caller)
         return Response(
-            f"message of {len(body)} bytes exceeds the limit of {limit} bytes; "
+            f"message of {size} bytes exceeds the limit of {limit} bytes; "
             f"kept as record {reply.record_ids[0] if reply.record_ids else '(not stored)'}\n",
             status_code=413,
             media_type="text/plain",
