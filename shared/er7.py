@@ -139,3 +139,118 @@ def split_message_log(data: bytes) -> list[bytes]:
             messages.append(bytearray())
         messages[-1] += line
     return [bytes(m) for m in messages]
+
+
+_ESCAPE_CODES = {"F": "field", "S": "component", "T": "subcomponent", "R": "repetition", "E": "escape"}
+
+
+def unescape(value: str, seps: Separators) -> str:
+    """Resolve HL7 escape sequences (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\``) in one value.
+
+    Formatting sequences other than ``.br`` (``\\H\\``, ``\\N\\``, ``\\.sp\\``…) and unknown ones are
+    dropped from the text; malformed hex is kept literally rather than guessed at.
+    """
+    esc = seps.escape
+    if not esc or esc not in value:
+        return value
+    out: list[str] = []
+    pos = 0
+    while pos < len(value):
+        start = value.find(esc, pos)
+        if start < 0:
+            out.append(value[pos:])
+            break
+        end = value.find(esc, start + 1)
+        if end < 0:
+            out.append(value[pos:])
+            break
+        out.append(value[pos:start])
+        code = value[start + 1 : end]
+        if code in _ESCAPE_CODES:
+            out.append(getattr(seps, _ESCAPE_CODES[code]))
+        elif code == ".br":
+            out.append("\n")
+        elif code.startswith("X") and len(code) > 1:
+            hexa = code[1:]
+            try:
+                raw = bytes.fromhex(hexa)
+            except ValueError:
+                out.append(value[start : end + 1])
+            else:
+                try:
+                    out.append(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    out.append(raw.decode("latin-1"))  # \Xe1\ style single bytes
+        pos = end + 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment, split into fields as HL7 numbers them: ``field(1)`` is the first after the id
+    (for MSH, ``field(1)`` is MSH-1, the field separator itself)."""
+
+    name: str
+    fields: tuple[str, ...]
+    seps: Separators
+
+    def field(self, number: int) -> str:
+        return self.fields[number] if number < len(self.fields) else ""
+
+    def repetitions(self, number: int) -> list[str]:
+        raw = self.field(number)
+        if self.name == "MSH" and number in (1, 2):
+            return [raw]
+        return [r for r in raw.split(self.seps.repetition)] if raw else []
+
+    def components(self, number: int, repetition: int = 0) -> list[str]:
+        """The components of one repetition of a field, unescaped (subcomponents kept joined)."""
+        reps = self.repetitions(number)
+        if repetition >= len(reps):
+            return []
+        return [unescape(c, self.seps) for c in reps[repetition].split(self.seps.component)]
+
+    def value(self, number: int, component: int = 1, repetition: int = 0) -> str:
+        parts = self.components(number, repetition)
+        return parts[component - 1] if component - 1 < len(parts) else ""
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    seps: Separators
+    segments: tuple[Segment, ...]
+
+    def all(self, name: str) -> list[Segment]:
+        return [s for s in self.segments if s.name == name]
+
+    def first(self, name: str) -> Segment | None:
+        return next((s for s in self.segments if s.name == name), None)
+
+
+def parse_message(text: str) -> ParsedMessage:
+    """Split ER7 text into segments and fields (no grammar, no group structure): the mapper's hot path.
+
+    ``ValueError`` if the text does not start with an MSH segment whose separators can be read.
+    """
+    data = text.encode("utf-8", errors="surrogateescape")
+    spans = segment_spans(data)
+    lines = [data[s.start : s.end].decode("utf-8", errors="surrogateescape") for s in spans]
+    if not lines or not lines[0].lstrip("\ufeff \t").startswith("MSH") or len(lines[0].lstrip("\ufeff \t")) < 8:
+        raise ValueError("the message does not start with an MSH segment")
+    lines[0] = lines[0].lstrip("\ufeff \t")
+    msh = lines[0]
+    fs = msh[3]
+    enc_end = msh.find(fs, 4)
+    enc = msh[4:] if enc_end < 0 else msh[4:enc_end]
+    if len(enc) == 5 and enc[2] == enc[3] and enc[4] != "#":
+        enc = enc[:3] + enc[4]
+    if len(enc) < 4:
+        raise ValueError(f"MSH-2 {enc!r} is not a set of encoding characters")
+    seps = Separators(fs, enc[0], enc[1], enc[2], enc[3], enc[4:5])
+    segments = []
+    for line in lines:
+        parts = line.split(fs)
+        if parts[0] == "MSH":
+            parts = ["MSH", fs, enc, *line[4:].split(fs)[1:]]
+        segments.append(Segment(parts[0], tuple(parts), seps))
+    return ParsedMessage(seps, tuple(segments))
