@@ -1,0 +1,1 @@
+"""The hub's services: intake, mapper, notifier, and the mscc command."""

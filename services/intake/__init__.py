@@ -1,0 +1,1 @@
+"""Intake: HL7v2 (MLLP, HTTP) and FHIR in; every message stored durably before it is acknowledged."""
