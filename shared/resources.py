@@ -34,9 +34,17 @@ def stamp(resource: Resource, resource_id: str, version: int, when: datetime, so
     return out
 
 
+_SERVER_META = ("versionId", "lastUpdated", "source")
+
+
 def content_of(resource: Resource) -> Resource:
-    """What a resource says, without server-assigned id and meta: to decide if a write changes it."""
-    return {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    """What a resource says, without what the server assigns (id, version, time, source): to decide
+    whether a write changes it. Profiles and tags in ``meta`` count as content."""
+    out = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in _SERVER_META}
+    if meta:
+        out["meta"] = meta
+    return out
 
 
 def version_documents(resource: Resource, version: int, when: datetime) -> tuple[Document, Document]:

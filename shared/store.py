@@ -5,6 +5,8 @@ Collections:
                     rejected ones kept with the reason; the mapper claims from here
   resources         the current version of each FHIR resource, ``_id`` = "Type/id"
   resource_history  every version of every resource, ``_id`` = "Type/id/_history/N"
+  outbox            one event per resource change, ``_id`` = "Type/id/_history/N"; the notifier claims
+                    from here
 
 Writes that an acknowledgement depends on use write concern majority with journaling, so an
 acknowledged message survives a crash or a failover.
@@ -38,11 +40,12 @@ class Store:
         self.messages: AsyncCollection[Document] = self.db.get_collection("messages", write_concern=DURABLE)
         self.resources: AsyncCollection[Document] = self.db.get_collection("resources", write_concern=DURABLE)
         self.history: AsyncCollection[Document] = self.db.get_collection("resource_history", write_concern=DURABLE)
+        self.outbox: AsyncCollection[Document] = self.db.get_collection("outbox", write_concern=DURABLE)
 
     async def ensure_schema(self) -> None:
         """Create collections and indexes; safe to run at every start-up and from many processes."""
         existing = set(await self.db.list_collection_names())
-        for name in ("messages", "resources", "resource_history"):
+        for name in ("messages", "resources", "resource_history", "outbox"):
             if name not in existing:
                 try:
                     await self.db.create_collection(name)
@@ -57,6 +60,13 @@ class Store:
                 IndexModel([("status", ASCENDING), ("received_at", ASCENDING)], name="status_received"),
                 IndexModel([("received_at", ASCENDING)], name="received_at"),
                 IndexModel([("header.control_id", ASCENDING)], name="control_id"),
+                IndexModel([("lease.owner", ASCENDING)], name="lease_owner", sparse=True),
+            ]
+        )
+        await self.outbox.create_indexes(
+            [
+                IndexModel([("status", ASCENDING), ("created_at", ASCENDING)], name="status_created"),
+                IndexModel([("message_id", ASCENDING)], name="message_id"),
             ]
         )
         await self.resources.create_indexes(

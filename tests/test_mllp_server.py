@@ -213,3 +213,23 @@ async def test_rejected_message_can_be_reprocessed_after_a_policy_change(
     assert len(ready) == 1 and ready[0]["raw"] == rejected["raw"]
     updated = await store.messages.find_one({"_id": rejected["_id"]})
     assert updated is not None and updated["reprocessed"]["records"] == [ready[0]["_id"]]
+
+
+async def test_reused_control_id_with_other_content_is_a_new_message(intake: IntakeService) -> None:
+    first = adt("REUSED")
+    other = first.replace(b"TEST^PATIENT", b"OTHER^PATIENT")
+    async with connection(intake.mllp.port) as client:
+        assert msa(await client.send(first))[1] == "AA"
+        assert msa(await client.send(other))[1] == "AA"
+    stored = await records(intake.store, {"header.control_id": "REUSED"})
+    assert sorted(doc["raw"] for doc in stored) == sorted([first, other])
+
+
+async def test_resend_with_new_timestamp_and_line_endings_is_a_duplicate(intake: IntakeService) -> None:
+    original = adt("RESEND1")
+    resent = original.replace(b"20260101120000", b"20260101120500").replace(b"\r", b"\r\n")
+    async with connection(intake.mllp.port) as client:
+        ack1 = await client.send(original)
+        ack2 = await client.send(resent)
+    assert ack1 == ack2
+    assert len(await records(intake.store, {"header.control_id": "RESEND1"})) == 1

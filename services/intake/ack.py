@@ -42,11 +42,18 @@ def _err_segment(issue: Issue, seps: Separators, version: str) -> str:
     text = seps.escape_text(issue.text)
     code_text = seps.escape_text(TABLE_0357.get(issue.code, "Message accepted"))
     match = _LOCATION.fullmatch(issue.location)
+    # Segment id, sequence, field number: empty components are kept so the code stays in its place.
+    location = f"{match.group(1)}{cs}1{cs}{match.group(2)}" if match else f"{cs}{cs}"
     if version and _version_tuple(version) < (2, 5):
-        location = f"{match.group(1)}{cs}1{cs}{match.group(2)}" if match else ""
         return f"ERR{fs}{location}{cs}{issue.code}{ss}{text}{ss}HL70357"
-    location = f"{match.group(1)}{cs}1{cs}{match.group(2)}" if match else ""
+    location = location if match else ""
     return fs.join(["ERR", "", location, f"{issue.code}{cs}{code_text}{cs}HL70357", issue.severity, "", "", "", text])
+
+
+def _copied(value: str, seps: Separators) -> str:
+    """A sender's field copied into our MSH: its line breaks escaped so they cannot end our segment."""
+    esc = seps.escape
+    return value.replace("\r", f"{esc}X0D{esc}").replace("\n", f"{esc}X0A{esc}")
 
 
 def ack_code(original: str, header: MessageHeader | None) -> str:
@@ -57,17 +64,11 @@ def ack_code(original: str, header: MessageHeader | None) -> str:
 
 
 def should_reply(code: str, header: MessageHeader | None) -> bool:
-    """Whether MSH-15 (accept acknowledgement type: AL, NE, ER, SU) asks for this commit ACK."""
-    if header is None or not header.enhanced_mode:
+    """Whether to send this commit ACK, as MSH-15 (AL, NE, ER, SU) asks. A refusal (CE, CR) is always
+    sent, whatever MSH-15 says: a sender must never believe a refused message was taken."""
+    if header is None or not header.enhanced_mode or code != "CA":
         return True
-    wanted = header.accept_ack_type or "AL"
-    if wanted == "NE":
-        return False
-    if wanted == "ER":
-        return code != "CA"
-    if wanted == "SU":
-        return code == "CA"
-    return True
+    return header.accept_ack_type in ("", "AL", "SU")
 
 
 def build_ack(
@@ -89,7 +90,10 @@ def build_ack(
     fs = seps.field
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S+0000")
     if header is not None:
-        get = header.get
+
+        def get(n: int) -> str:
+            return _copied(header.get(n), seps)
+
         trigger = header.trigger_event
         msg_type = f"ACK{seps.component}{trigger}{seps.component}ACK" if trigger else "ACK"
         msh = [
@@ -109,7 +113,7 @@ def build_ack(
         if header.get(18):
             msh += ["", "", "", "", "", get(18)]
         version = header.version
-        control_id = header.control_id
+        control_id = _copied(header.control_id, seps)
     else:
         msh = [
             "MSH",

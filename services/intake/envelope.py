@@ -36,7 +36,7 @@ def _name(data: bytes, span: SegmentSpan) -> bytes:
 def split_envelope(data: bytes, spans: list[SegmentSpan]) -> Envelope:
     """Group ``spans`` into messages; a plain message comes back as an envelope of one."""
     names = [_name(data, s) for s in spans]
-    if not spans or (names[0] not in _ENVELOPE and names.count(b"MSH") <= 1):
+    if not spans or (not any(n in _ENVELOPE for n in names) and names.count(b"MSH") <= 1):
         return Envelope(messages=[spans])
     env = Envelope(is_batch=True)
     in_batch = False

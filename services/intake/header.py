@@ -22,6 +22,7 @@ UNSUPPORTED_PROCESSING_ID = 202
 UNSUPPORTED_VERSION = 203
 APPLICATION_INTERNAL_ERROR = 207
 
+ACK_TYPES = ("AL", "NE", "ER", "SU")  # HL7 table 0155
 KNOWN_VERSIONS = frozenset(
     {"2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2", "2.9"}
 )
@@ -129,15 +130,18 @@ class MessageHeader:
 
     @property
     def accept_ack_type(self) -> str:
-        return self.get(15).upper()
+        """MSH-15 if it is a table 0155 code (AL, NE, ER, SU); blank or other values count as empty."""
+        value = self.get(15).strip().upper()
+        return value if value in ACK_TYPES else ""
 
     @property
     def application_ack_type(self) -> str:
-        return self.get(16).upper()
+        value = self.get(16).strip().upper()
+        return value if value in ACK_TYPES else ""
 
     @property
     def enhanced_mode(self) -> bool:
-        """Enhanced acknowledgement mode when MSH-15 or MSH-16 is valued (HL7 v2 section 2.9.3)."""
+        """Enhanced acknowledgement mode when MSH-15 or MSH-16 holds a table 0155 code (HL7 v2 2.9.3)."""
         return bool(self.accept_ack_type or self.application_ack_type)
 
     @property

@@ -8,6 +8,7 @@ store did not confirm the write: the reply is then AE/CE with code 207, asking t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -64,11 +65,32 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def dedup_key(header: MessageHeader) -> str | None:
-    """Same sending application + facility + control id = the same message (None without an id)."""
+def control_key(header: MessageHeader) -> str:
+    return f"hl7v2|{header.get(3)}|{header.get(4)}|{header.control_id}"
+
+
+def content_digest(data: bytes, spans: list[SegmentSpan], header: MessageHeader) -> str:
+    """A digest of the message's segments, MSH-7 (time of sending) aside and line endings normalised:
+    a resend that only re-stamps MSH-7 or changes CRLF to CR is still the same message."""
+    digest = hashlib.sha256()
+    msh = list(header.fields)
+    if len(msh) >= 7:
+        msh[6] = ""
+    digest.update(header.separators.field.join(msh[1:]).encode("utf-8", "surrogateescape"))
+    for span in spans[1:]:
+        digest.update(b"\r" + data[span.start : span.end])
+    return digest.hexdigest()[:32]
+
+
+def dedup_key(header: MessageHeader, digest: str) -> str | None:
+    """Same sending application + facility + control id + content = the same message.
+
+    A control id reused for different content is a different message: it is stored, not mistaken
+    for a resend (senders and test systems do reuse ids). None when MSH-10 is empty.
+    """
     if not header.control_id:
         return None
-    return f"hl7v2|{header.get(3)}|{header.get(4)}|{header.control_id}"
+    return f"{control_key(header)}|{digest}"
 
 
 def _try_header(data: bytes, spans: list[SegmentSpan]) -> MessageHeader | None:
@@ -106,7 +128,7 @@ class Hl7Intake:
             envelope = split_envelope(data, spans)
         except Rejection as rejection:
             header = _try_header(data, spans)
-            return await self._store_rejection(data, header, rejection, now, channel, peer, caller)
+            return await self._store_rejection(data, header, rejection, now, channel, peer, caller, original_mode=True)
         if not envelope.is_batch:
             return await self._receive_one(data, spans, now, channel, peer, caller, charset)
         return await self._receive_batch(
@@ -126,10 +148,19 @@ class Hl7Intake:
             "attempts": 0,
         }
 
-    def _ack(self, header: MessageHeader | None, code: str, record_id: str, issues: list[Issue], now: datetime) -> str:
+    def _ack(
+        self,
+        header: MessageHeader | None,
+        code: str,
+        record_id: str,
+        issues: list[Issue],
+        now: datetime,
+        *,
+        original_mode: bool = False,
+    ) -> str:
         return build_ack(
             header,
-            ack_code(code, header),
+            code if original_mode else ack_code(code, header),
             ack_control_id=record_id[:20],
             issues=issues,
             application=self._config.application,
@@ -185,7 +216,8 @@ class Hl7Intake:
             charset=read.charset,
             issues=[i.to_doc() for i in read.issues],
         )
-        key = dedup_key(header)
+        doc["control_key"] = control_key(header)
+        key = dedup_key(header, content_digest(data, spans, header))
         if key:
             doc["dedup_key"] = key
         doc["ack"] = {"code": "AA", "text": self._ack(header, "AA", record_id, read.issues, now)}
@@ -257,11 +289,15 @@ class Hl7Intake:
         peer: str,
         caller: Caller,
         extra: dict[str, Any] | None = None,
+        *,
+        original_mode: bool = False,
     ) -> Reply:
+        """Keep refused bytes with the reason and answer AR (always sent). ``original_mode`` answers an
+        envelope: its messages' MSH-15/16 say nothing about how to answer the envelope itself."""
         record_id = new_id()
         issue = Issue("E", rejection.code, rejection.reason, rejection.location)
         doc = self._base_doc(record_id, now, channel, peer, caller, data)
-        text = self._ack(header, rejection.ack, record_id, [issue], now)
+        text = self._ack(header, rejection.ack, record_id, [issue], now, original_mode=original_mode)
         doc.update(
             status="rejected",
             reason=rejection.reason,
@@ -274,8 +310,8 @@ class Hl7Intake:
         doc.update(extra or {})
         if await self._commit([doc]) is None:
             return self._unavailable(header, now)
-        code = ack_code(rejection.ack, header)
-        return Reply(text.encode("utf-8"), code, (record_id,), send=should_reply(code, header))
+        code = rejection.ack if original_mode else ack_code(rejection.ack, header)
+        return Reply(text.encode("utf-8"), code, (record_id,))
 
     async def receive_oversize(
         self, head: bytes, size: int, limit: int, *, channel: str, peer: str, caller: Caller
