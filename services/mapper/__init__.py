@@ -1,0 +1,1 @@
+"""Mapper: stored messages normalised into FHIR resources, versioned, with outbox events."""

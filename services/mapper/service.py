@@ -1,0 +1,55 @@
+"""The mapper service: publishes the HNA Questionnaire, then runs its worker until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from pymongo.errors import DuplicateKeyError
+
+from shared.fhir import validate
+from shared.resources import content_of, stamp, version_documents
+from shared.store import Store
+
+from .dispatch import make_mapper
+from .hna import questionnaire
+from .model import Resource
+from .worker import MapperWorker, WorkerConfig, WorkerStats
+
+log = logging.getLogger(__name__)
+
+
+async def publish(store: Store, resource: Resource, now: datetime) -> int:
+    """Store a resource the hub itself defines (new version only when its definition changed)."""
+    key = f"{resource['resourceType']}/{resource['id']}"
+    current = await store.resources.find_one({"_id": key})
+    if current and content_of(current["resource"]) == content_of(resource):
+        return int(current["version"])
+    version = int(current["version"]) + 1 if current else 1
+    stamped = validate(stamp(resource, resource["id"], version, now, "urn:mscc:hub"))
+    doc, history = version_documents(stamped, version, now)
+    try:
+        await store.history.insert_one(history)
+    except DuplicateKeyError:
+        return version  # another process published the same version first
+    await store.resources.replace_one({"_id": key}, doc, upsert=True)
+    return version
+
+
+class MapperService:
+    def __init__(
+        self, store: Store, config: WorkerConfig | None = None, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self.store = store
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self.worker = MapperWorker(store, make_mapper(), config, self._clock)
+
+    async def prepare(self) -> None:
+        await publish(self.store, questionnaire(), self._clock())
+
+    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> WorkerStats:
+        await self.prepare()
+        log.info("mapper running", extra={"owner": self.worker.owner, "burst": burst})
+        return await self.worker.run(stop, burst=burst)

@@ -1,0 +1,210 @@
+"""The mapper worker: claim ready messages with a lease, map them, write the results, record the outcome.
+
+Claiming: a batch of the oldest "ready" messages (and any whose lease expired) is claimed in one
+``update_many`` guarded by status, so two workers never hold the same message; each worker then reads
+back what it won. Any number of mapper processes may run. A worker that dies leaves its messages
+"mapping" until the lease expires, when another claims them again; the writer's version guards make
+the re-run converge on the same resources.
+
+Outcomes on the message record (``status`` and ``processing``):
+- "mapped": resources written (type, id, version, changed), unmapped content, warnings;
+- "failed": the message cannot be mapped as it is (``MappingError``), with an OperationOutcome;
+  an operator fixes the cause and reprocesses it;
+- transient errors (the database) go back to "ready" with ``next_attempt_at`` (exponential backoff with
+  jitter); after ``max_attempts`` the message is "dead" (dead-lettered), never retried forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.errors import PyMongoError
+
+from shared.store import Document, Store
+
+from .model import MappingError, MappingResult, TransientError, issue
+from .writer import LeaseLost, ResourceWriter
+
+log = logging.getLogger(__name__)
+
+Mapper = Callable[[Document], MappingResult]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    batch_size: int = 100
+    lease_s: float = 60.0
+    max_attempts: int = 5
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 300.0
+    idle_poll_s: float = 0.5
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    mapped: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead: int = 0
+
+
+class MapperWorker:
+    def __init__(
+        self,
+        store: Store,
+        mapper: Mapper,
+        config: WorkerConfig | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._store = store
+        self._mapper = mapper
+        self._config = config or WorkerConfig()
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._writer = ResourceWriter(store, self._clock)
+        self.owner = f"mapper-{uuid.uuid4().hex[:12]}"
+        self.stats = WorkerStats()
+
+    def _claimable(self, now: datetime) -> dict[str, Any]:
+        return {
+            "$or": [
+                {
+                    "status": "ready",
+                    "$or": [{"next_attempt_at": {"$exists": False}}, {"next_attempt_at": {"$lte": now}}],
+                },
+                {"status": "mapping", "lease.until": {"$lt": now}},
+            ]
+        }
+
+    async def claim(self) -> list[Document]:
+        """Claim up to ``batch_size`` messages, oldest first; returns the documents this worker won."""
+        now = self._clock()
+        query = self._claimable(now)
+        ids = [
+            d["_id"]
+            async for d in self._store.messages.find(query, {"_id": 1})
+            .sort("received_at", 1)
+            .limit(self._config.batch_size)
+        ]
+        if not ids:
+            return []
+        token = f"{self.owner}:{uuid.uuid4().hex[:8]}"
+        lease = {"owner": token, "until": now + timedelta(seconds=self._config.lease_s)}
+        await self._store.messages.update_many(
+            {"_id": {"$in": ids}, **query}, {"$set": {"status": "mapping", "lease": lease}, "$inc": {"map_attempts": 1}}
+        )
+        docs = [d async for d in self._store.messages.find({"lease.owner": token}).sort("received_at", 1)]
+        self.stats.claimed += len(docs)
+        return docs
+
+    async def run_once(self) -> int:
+        """Claim and process one batch; the number of messages processed (0 when none were ready)."""
+        docs = await self.claim()
+        if not docs:
+            return 0
+        token = docs[0]["lease"]["owner"]
+        mapped: list[tuple[Document, MappingResult]] = []
+        failed: list[tuple[Document, list[dict[str, Any]]]] = []
+        transient: list[Document] = []
+        for doc in docs:
+            try:
+                mapped.append((doc, self._mapper(doc)))
+            except MappingError as exc:
+                failed.append((doc, exc.issues))
+            except TransientError:
+                transient.append(doc)
+            except Exception as exc:  # a mapping bug: keep the message, say what broke, do not loop on it
+                log.exception("mapping raised unexpectedly", extra={"record": doc["_id"]})
+                failed.append((doc, [issue("fatal", "exception", f"mapping failed unexpectedly: {exc!r}")]))
+        await self._record_failures(failed, token)
+        if transient:
+            await self._retry_later(transient, token, "a transient error stopped the mapping")
+        if mapped:
+            try:
+                await self._writer.commit(mapped, token)
+                self.stats.mapped += len(mapped)
+            except LeaseLost as exc:
+                log.warning("lease lost; another worker maps these messages", extra={"reason": str(exc)})
+            except TransientError as exc:
+                await self._retry_later([doc for doc, _ in mapped], token, str(exc))
+        return len(docs)
+
+    async def _record_failures(self, failed: list[tuple[Document, list[dict[str, Any]]]], token: str) -> None:
+        if not failed:
+            return
+        now = self._clock()
+        ops = [
+            UpdateOne(
+                {"_id": doc["_id"], "lease.owner": token},
+                {
+                    "$set": {
+                        "status": "failed",
+                        "processing": {
+                            "status": "failed",
+                            "at": now,
+                            "outcome": {"resourceType": "OperationOutcome", "issue": issues},
+                        },
+                    },
+                    "$unset": {"lease": "", "next_attempt_at": ""},
+                },
+            )
+            for doc, issues in failed
+        ]
+        await self._store.messages.bulk_write(ops, ordered=False)
+        self.stats.failed += len(failed)
+
+    async def _retry_later(self, docs: list[Document], token: str, reason: str) -> None:
+        now = self._clock()
+        ops = []
+        for doc in docs:
+            attempts = int(doc.get("map_attempts", 1))
+            outcome = {"resourceType": "OperationOutcome", "issue": [issue("error", "transient", reason)]}
+            if attempts >= self._config.max_attempts:
+                update = {
+                    "$set": {"status": "dead", "processing": {"status": "dead", "at": now, "outcome": outcome}},
+                    "$unset": {"lease": "", "next_attempt_at": ""},
+                }
+                self.stats.dead += 1
+            else:
+                delay = min(self._config.backoff_max_s, self._config.backoff_base_s * 2 ** (attempts - 1))
+                delay *= random.uniform(0.5, 1.0)
+                update = {
+                    "$set": {
+                        "status": "ready",
+                        "next_attempt_at": now + timedelta(seconds=delay),
+                        "processing": {"status": "retrying", "at": now, "outcome": outcome},
+                    },
+                    "$unset": {"lease": ""},
+                }
+                self.stats.retried += 1
+            ops.append(UpdateOne({"_id": doc["_id"], "lease.owner": token}, update))
+        try:
+            await self._store.messages.bulk_write(ops, ordered=False)
+        except PyMongoError:
+            log.exception("could not record the retry; the lease will expire and the messages be claimed again")
+
+    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> WorkerStats:
+        """Process until ``stop`` is set (or, with ``burst``, until nothing is ready); graceful: the
+        batch in hand is finished before returning."""
+        while not stop.is_set():
+            try:
+                done = await self.run_once()
+            except PyMongoError:
+                log.exception("mapper: database error; pausing before the next claim")
+                done = 0
+            if done:
+                continue
+            if burst:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._config.idle_poll_s)
+        return self.stats
