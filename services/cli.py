@@ -14,15 +14,15 @@ from shared.logging import configure
 from shared.settings import Settings
 
 NOT_YET = (
-    "the {part} is not part of this version yet: stored messages stay queued (status 'ready') "
-    "until it is; 'mscc run' serves intake"
+    "the {part} is not part of this version yet: resource changes wait in the outbox (status 'ready') "
+    "until it is; 'mscc run' serves intake and the mapper"
 )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mscc", description="MSCC integration hub")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the hub in one process against a local MongoDB it starts itself")
+    run = sub.add_parser("run", help="run intake and the mapper in one process against a local MongoDB it starts")
     run.add_argument("--demo", action="store_true", help="send demo traffic once it is up")
     sub.add_parser("intake", help="run intake only (HTTP + MLLP)")
     mapper = sub.add_parser("mapper", help="run the mapper only")
@@ -79,10 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from . import runner, tools
 
-    if args.command in ("run", "intake"):
-        asyncio.run(runner.serve(settings, demo=getattr(args, "demo", False)))
+    if args.command == "run":
+        asyncio.run(runner.serve(settings, demo=args.demo))
         return 0
-    if args.command in ("mapper", "notifier"):
+    if args.command == "intake":
+        asyncio.run(runner.serve(settings, parts=("intake",)))
+        return 0
+    if args.command == "mapper":
+        if args.burst:
+            stats = asyncio.run(runner.drain(settings))
+            print(f"mapped {stats.mapped}, failed {stats.failed}, retrying {stats.retried}, dead {stats.dead}")
+            return 0
+        asyncio.run(runner.serve(settings, parts=("mapper",)))
+        return 0
+    if args.command == "notifier":
         print(f"mscc: {NOT_YET.format(part=args.command)}", file=sys.stderr)
         return 2
     if args.command == "db":

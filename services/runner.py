@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -15,6 +16,8 @@ from shared.store import Store, connect
 
 from .intake.app import create_app
 from .intake.service import IntakeService
+from .mapper.service import MapperService
+from .mapper.worker import WorkerStats
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +45,81 @@ async def database(settings: Settings) -> AsyncIterator[str]:
         log.info("stopped the local MongoDB")
 
 
-async def serve(settings: Settings, *, demo: bool = False) -> None:
-    """Serve intake (HTTP + MLLP) until SIGINT/SIGTERM; with ``demo``, send demo traffic once up."""
+PARTS = ("intake", "mapper")
+
+
+@contextlib.asynccontextmanager
+async def opened_store(settings: Settings) -> AsyncIterator[Store]:
+    """The store on the database ``database()`` chooses, its schema ensured; closed on exit."""
     async with database(settings) as uri:
         client = connect(uri)
         try:
             store = Store(client, settings.db_name)
             await store.ensure_schema()
-            service = IntakeService(settings, store)
-            await service.start()
-            log.info(
-                "intake ready",
-                extra={
-                    "http": f"{settings.http_host}:{settings.http_port}",
-                    "mllp": f"{settings.mllp_host}:{service.mllp.port}",
-                },
-            )
-            config = uvicorn.Config(
-                create_app(service),
-                host=settings.http_host,
-                port=settings.http_port,
-                log_config=None,
-                lifespan="off",
-                access_log=False,
-            )
-            server = uvicorn.Server(config)
-            demo_task = asyncio.create_task(_demo(settings, service, server)) if demo else None
-            try:
-                await server.serve()
-            finally:
-                if demo_task is not None:
-                    demo_task.cancel()
-                await service.stop()
+            yield store
         finally:
             await client.close()
+
+
+async def serve(settings: Settings, *, parts: tuple[str, ...] = PARTS, demo: bool = False) -> None:
+    """Serve the given parts until SIGINT/SIGTERM; with ``demo``, send demo traffic once intake is up.
+
+    The mapper finishes the batch in hand before the process exits.
+    """
+    async with opened_store(settings) as store:
+        stop = asyncio.Event()
+        workers = []
+        if "mapper" in parts:
+            workers.append(asyncio.create_task(MapperService(store).run(stop), name="mapper"))
+        try:
+            if "intake" in parts:
+                await _serve_intake(settings, store, demo)
+            else:
+                await _wait_for_signal(stop)
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+
+
+async def drain(settings: Settings) -> WorkerStats:
+    """``mscc mapper --burst``: map everything that is ready, then return."""
+    async with opened_store(settings) as store:
+        return await MapperService(store).run(asyncio.Event(), burst=True)
+
+
+async def _wait_for_signal(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _serve_intake(settings: Settings, store: Store, demo: bool) -> None:
+    service = IntakeService(settings, store)
+    await service.start()
+    log.info(
+        "intake ready",
+        extra={
+            "http": f"{settings.http_host}:{settings.http_port}",
+            "mllp": f"{settings.mllp_host}:{service.mllp.port}",
+        },
+    )
+    config = uvicorn.Config(
+        create_app(service),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        lifespan="off",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    demo_task = asyncio.create_task(_demo(settings, service, server)) if demo else None
+    try:
+        await server.serve()  # returns on SIGINT/SIGTERM
+    finally:
+        if demo_task is not None:
+            demo_task.cancel()
+        await service.stop()
 
 
 async def _demo(settings: Settings, service: IntakeService, server: uvicorn.Server) -> None:
