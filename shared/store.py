@@ -69,10 +69,20 @@ class Store:
                 IndexModel([("message_id", ASCENDING)], name="message_id"),
             ]
         )
+        await self.history.create_indexes(
+            [IndexModel([("type", ASCENDING), ("id", ASCENDING), ("version", ASCENDING)], name="type_id_version")]
+        )
         await self.resources.create_indexes(
             [
                 IndexModel([("type", ASCENDING), ("identifier_keys", ASCENDING)], name="type_identifier"),
                 IndexModel([("type", ASCENDING), ("last_updated", ASCENDING)], name="type_last_updated"),
+                # FHIR search: patient/subject, status, identifier value, requester.
+                IndexModel([("type", ASCENDING), ("resource.subject.reference", ASCENDING)], name="type_subject"),
+                IndexModel([("type", ASCENDING), ("resource.status", ASCENDING)], name="type_status"),
+                IndexModel([("type", ASCENDING), ("resource.identifier.value", ASCENDING)], name="type_ident_value"),
+                IndexModel(
+                    [("type", ASCENDING), ("resource.requester.identifier.value", ASCENDING)], name="type_requester"
+                ),
             ]
         )
 

@@ -1,0 +1,220 @@
+"""FHIR search over stored resources: the parameters each type supports, as data, turned into queries.
+
+Supported (anything else is refused with an OperationOutcome, never silently ignored):
+
+    all types       _id, _lastUpdated (eq, gt, ge, lt, le), _count (1-100, default 20), _offset (paging)
+    Patient         identifier (system|value or value), name (prefix of family or given, any case),
+                    family, given, birthdate (eq, gt, ge, lt, le on YYYY[-MM[-DD]])
+    ServiceRequest, Encounter, CarePlan, QuestionnaireResponse
+                    patient / subject (Patient/id or id), status
+    ServiceRequest  requester (Organization/ODS or a reference), requester:identifier (system|value)
+
+Results are sorted by last update then id, so paging with ``_offset`` is stable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from shared.fhir import FhirError
+
+Query = dict[str, Any]
+DEFAULT_COUNT = 20
+MAX_COUNT = 100
+_PREFIXES = {"eq": "$eq", "gt": "$gt", "ge": "$gte", "lt": "$lt", "le": "$lte"}
+_DATE = re.compile(r"^(eq|gt|ge|lt|le)?(\d{4})(?:-(\d{2}))?(?:-(\d{2}))?(T.*)?$")
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+
+
+def _split_prefix_date(value: str, name: str) -> tuple[str, str]:
+    """``ge2026-01-05`` -> ("ge", "2026-01-05"); FhirError 400 if it is not a date."""
+    match = _DATE.match(value)
+    if not match:
+        raise FhirError(400, "invalid", f"{name}={value!r} is not a date (use [prefix]YYYY[-MM[-DD]])")
+    prefix = match.group(1) or "eq"
+    return prefix, value[len(match.group(1) or "") :]
+
+
+def _date_range(text: str) -> tuple[str, str]:
+    """The [start, end) of a partial date as ISO strings comparable with FHIR dates of any precision."""
+    parts = text.split("T", 1)[0].split("-")
+    year = int(parts[0])
+    if len(parts) == 1:
+        return f"{year:04d}", f"{year + 1:04d}"
+    month = int(parts[1])
+    if len(parts) == 2:
+        nxt = (year + 1, 1) if month == 12 else (year, month + 1)
+        return f"{year:04d}-{month:02d}", f"{nxt[0]:04d}-{nxt[1]:02d}"
+    start = datetime(year, month, int(parts[2]))
+    return start.date().isoformat(), (start + timedelta(days=1)).date().isoformat()
+
+
+def _string_date(field: str) -> Callable[[str, str], Query]:
+    """Search on a FHIR date stored as text (birthDate): ranges by string order, which ISO dates keep."""
+
+    def build(value: str, name: str) -> Query:
+        prefix, date = _split_prefix_date(value, name)
+        start, end = _date_range(date)
+        if prefix == "eq":
+            return {field: {"$gte": start, "$lt": end}}
+        if prefix in ("gt", "ge"):
+            return {field: {"$gte": start if prefix == "ge" else end}}
+        return {field: {"$lt": start if prefix == "lt" else end}}
+
+    return build
+
+
+def _last_updated(value: str, name: str) -> Query:
+    prefix, date = _split_prefix_date(value, name)
+    try:
+        instant = datetime.fromisoformat(date.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise FhirError(400, "invalid", f"{name}={value!r} is not a date or instant") from exc
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    if "T" in date:
+        return {"last_updated": {_PREFIXES[prefix]: instant}}
+    start_text, end_text = _date_range(date)
+    start = datetime.fromisoformat(_pad(start_text)).replace(tzinfo=UTC)
+    end = datetime.fromisoformat(_pad(end_text)).replace(tzinfo=UTC)
+    if prefix == "eq":
+        return {"last_updated": {"$gte": start, "$lt": end}}
+    if prefix in ("gt", "ge"):
+        return {"last_updated": {"$gte": start if prefix == "ge" else end}}
+    return {"last_updated": {"$lt": start if prefix == "lt" else end}}
+
+
+def _pad(partial: str) -> str:
+    parts = partial.split("-")
+    return f"{parts[0]}-{parts[1] if len(parts) > 1 else '01'}-{parts[2] if len(parts) > 2 else '01'}"
+
+
+def _token_identifier(field: str) -> Callable[[str, str], Query]:
+    def build(value: str, name: str) -> Query:
+        if "|" in value:
+            system, _, ident = value.partition("|")
+            match: Query = {"value": ident}
+            if system:
+                match["system"] = system
+            return {field: {"$elemMatch": match}}
+        return {f"{field}.value": value}
+
+    return build
+
+
+def _reference(field: str, resource_type: str) -> Callable[[str, str], Query]:
+    def build(value: str, name: str) -> Query:
+        ref = value if "/" in value else f"{resource_type}/{value}"
+        return {f"{field}.reference": {"$in": [ref, value]}}
+
+    return build
+
+
+def _exact(field: str) -> Callable[[str, str], Query]:
+    def build(value: str, name: str) -> Query:
+        values = value.split(",")
+        return {field: values[0] if len(values) == 1 else {"$in": values}}
+
+    return build
+
+
+def _name_prefix(*fields: str) -> Callable[[str, str], Query]:
+    def build(value: str, name: str) -> Query:
+        pattern = {"$regex": f"^{re.escape(value)}", "$options": "i"}
+        return {"$or": [{field: pattern} for field in fields]}
+
+    return build
+
+
+def _requester(value: str, name: str) -> Query:
+    """``Organization/RBL``: a reference to it, or an identifier reference with that ODS code."""
+    code = value.split("/", 1)[1] if value.startswith("Organization/") else value
+    return {"$or": [{"resource.requester.reference": value}, {"resource.requester.identifier.value": code}]}
+
+
+def _requester_identifier(value: str, name: str) -> Query:
+    system, _, code = value.rpartition("|")
+    match: Query = {"resource.requester.identifier.value": code}
+    if system:
+        match["resource.requester.identifier.system"] = system
+    return match
+
+
+Builder = Callable[[str, str], Query]
+_CLINICAL: dict[str, Builder] = {
+    "patient": _reference("resource.subject", "Patient"),
+    "subject": _reference("resource.subject", "Patient"),
+    "status": _exact("resource.status"),
+}
+PARAMETERS: dict[str, dict[str, Builder]] = {
+    "Patient": {
+        "identifier": _token_identifier("resource.identifier"),
+        "name": _name_prefix("resource.name.family", "resource.name.given"),
+        "family": _name_prefix("resource.name.family"),
+        "given": _name_prefix("resource.name.given"),
+        "birthdate": _string_date("resource.birthDate"),
+    },
+    "ServiceRequest": {**_CLINICAL, "requester": _requester, "requester:identifier": _requester_identifier},
+    "Encounter": dict(_CLINICAL),
+    "CarePlan": dict(_CLINICAL),
+    "QuestionnaireResponse": dict(_CLINICAL),
+    "Questionnaire": {"status": _exact("resource.status")},
+}
+COMMON: dict[str, Builder] = {"_id": _exact("id"), "_lastUpdated": _last_updated}
+CONTROL = ("_count", "_offset")
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    resource_type: str
+    query: Query
+    count: int
+    offset: int
+    params: list[tuple[str, str]]
+
+    def link(self, base: str, offset: int) -> str:
+        kept = [(k, v) for k, v in self.params if k not in CONTROL]
+        kept += [("_count", str(self.count)), ("_offset", str(offset))]
+        return f"{base}/{self.resource_type}?{urlencode(kept)}"
+
+
+def _int_param(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise FhirError(400, "invalid", f"{name}={value!r} is not a whole number") from exc
+    if not low <= number <= high:
+        raise FhirError(400, "invalid", f"{name} must be between {low} and {high}")
+    return number
+
+
+def parse_search(resource_type: str, params: list[tuple[str, str]]) -> SearchRequest:
+    """Turn query parameters into a MongoDB query; ``FhirError`` 400 names any parameter not supported."""
+    supported = {**COMMON, **PARAMETERS.get(resource_type, {})}
+    clauses: list[Query] = [{"type": resource_type}]
+    count, offset = DEFAULT_COUNT, 0
+    unknown = []
+    for name, value in params:
+        if name == "_count":
+            count = _int_param(name, value, 1, MAX_COUNT)
+        elif name == "_offset":
+            offset = _int_param(name, value, 0, 1_000_000)
+        elif name in supported:
+            if value == "":
+                raise FhirError(400, "invalid", f"search parameter {name} has no value")
+            clauses.append(supported[name](value, name))
+        else:
+            unknown.append(name)
+    if unknown:
+        raise FhirError(
+            400,
+            "not-supported",
+            f"search parameter(s) {', '.join(sorted(set(unknown)))} not supported for {resource_type}; "
+            f"supported: {', '.join(sorted(supported))}, _count, _offset",
+        )
+    return SearchRequest(resource_type, {"$and": clauses}, count, offset, params)
