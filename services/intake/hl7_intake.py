@@ -54,6 +54,31 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Arrival:
+    """Where and when a frame came from: kept on every record made from it."""
+
+    now: datetime
+    channel: str
+    peer: str
+    caller: Caller
+    charset: str | None = None  # an HTTP Content-Type charset, which wins over MSH-18
+
+    def record(self, record_id: str, raw: bytes) -> Document:
+        """The fields every inbound record starts with (raw bytes kept exactly)."""
+        return {
+            "_id": record_id,
+            "received_at": self.now,
+            "protocol": "hl7v2",
+            "channel": self.channel,
+            "peer": self.peer,
+            "caller": self.caller.to_doc(),
+            "raw": raw,
+            "size": len(raw),
+            "attempts": 0,
+        }
+
+
+@dataclass(frozen=True)
 class IntakeConfig:
     application: str
     facility: str
@@ -118,35 +143,23 @@ class Hl7Intake:
         self._config = config
         self._clock = clock or (lambda: datetime.now(UTC))
 
+    def _arrival(self, channel: str, peer: str, caller: Caller, charset: str | None = None) -> Arrival:
+        return Arrival(self._clock(), channel, peer, caller, charset)
+
     async def receive(
         self, data: bytes, *, channel: str, peer: str, caller: Caller, charset: str | None = None
     ) -> Reply:
         """Store one frame (a message or a batch) and return the acknowledgement to send."""
-        now = self._clock()
+        arrival = self._arrival(channel, peer, caller, charset)
         spans = segment_spans(data)
         try:
             envelope = split_envelope(data, spans)
         except Rejection as rejection:
             header = _try_header(data, spans)
-            return await self._store_rejection(data, header, rejection, now, channel, peer, caller, original_mode=True)
+            return await self._store_rejection(data, header, rejection, arrival, original_mode=True)
         if not envelope.is_batch:
-            return await self._receive_one(data, spans, now, channel, peer, caller, charset)
-        return await self._receive_batch(
-            data, envelope.messages, envelope.has_file_header, now, channel, peer, caller, charset
-        )
-
-    def _base_doc(self, record_id: str, now: datetime, channel: str, peer: str, caller: Caller, raw: bytes) -> Document:
-        return {
-            "_id": record_id,
-            "received_at": now,
-            "protocol": "hl7v2",
-            "channel": channel,
-            "peer": peer,
-            "caller": caller.to_doc(),
-            "raw": raw,
-            "size": len(raw),
-            "attempts": 0,
-        }
+            return await self._receive_one(data, spans, arrival)
+        return await self._receive_batch(data, envelope.messages, envelope.has_file_header, arrival)
 
     def _ack(
         self,
@@ -169,22 +182,14 @@ class Hl7Intake:
         )
 
     def _prepare(
-        self,
-        data: bytes,
-        spans: list[SegmentSpan],
-        raw: bytes,
-        now: datetime,
-        channel: str,
-        peer: str,
-        caller: Caller,
-        charset: str | None,
+        self, data: bytes, spans: list[SegmentSpan], raw: bytes, arrival: Arrival
     ) -> tuple[Document, MessageHeader | None]:
         """Build the record for one message: accepted ("ready") or rejected, with its ACK inside.
 
         ``raw`` is what is kept byte-exact: the whole frame, or the message's slice of a batch.
         """
         record_id = new_id()
-        doc = self._base_doc(record_id, now, channel, peer, caller, raw)
+        doc = arrival.record(record_id, raw)
         header: MessageHeader | None = None
         try:
             read: HeaderRead = read_message(
@@ -192,7 +197,7 @@ class Hl7Intake:
                 spans,
                 default_charset=self._config.default_charset,
                 fallback_charset=self._config.fallback_charset,
-                forced_charset=charset,
+                forced_charset=arrival.charset,
             )
             header = read.header
             self._policy.check(header)
@@ -206,8 +211,8 @@ class Hl7Intake:
                 header=header.to_doc() if header else None,
                 text=raw.decode("latin-1"),
                 charset=None,
+                ack={"code": rejection.ack, "text": self._ack(header, rejection.ack, record_id, [issue], arrival.now)},
             )
-            doc["ack"] = {"code": rejection.ack, "text": self._ack(header, rejection.ack, record_id, [issue], now)}
             return doc, header
         doc.update(
             status="ready",
@@ -215,12 +220,12 @@ class Hl7Intake:
             text=read.text,
             charset=read.charset,
             issues=[i.to_doc() for i in read.issues],
+            control_key=control_key(header),
+            ack={"code": "AA", "text": self._ack(header, "AA", record_id, read.issues, arrival.now)},
         )
-        doc["control_key"] = control_key(header)
         key = dedup_key(header, content_digest(data, spans, header))
         if key:
             doc["dedup_key"] = key
-        doc["ack"] = {"code": "AA", "text": self._ack(header, "AA", record_id, read.issues, now)}
         return doc, header
 
     async def _commit(self, docs: list[Document]) -> list[Committed] | None:
@@ -239,33 +244,25 @@ class Hl7Intake:
         text = self._ack(header, "AE", new_id(), [issue], now)
         return Reply(text.encode("utf-8"), ack_code("AE", header), (), stored=False)
 
-    async def _receive_one(
-        self,
-        data: bytes,
-        spans: list[SegmentSpan],
-        now: datetime,
-        channel: str,
-        peer: str,
-        caller: Caller,
-        charset: str | None,
-    ) -> Reply:
-        doc, header = self._prepare(data, spans, data, now, channel, peer, caller, charset)
+    async def _stored(self, result: Committed, now: datetime) -> Document:
+        """The record that answers: the one just written, or the original a duplicate resends."""
+        if not result.inserted:
+            await self._note_duplicate(result.document["_id"], now)
+        return result.document
+
+    async def _receive_one(self, data: bytes, spans: list[SegmentSpan], arrival: Arrival) -> Reply:
+        doc, header = self._prepare(data, spans, data, arrival)
         committed = await self._commit([doc])
         if committed is None:
-            return self._unavailable(header, now)
-        result = committed[0]
-        stored = result.document
-        if not result.inserted:
-            await self._note_duplicate(stored["_id"], now)
-        code = stored["ack"]["code"]
-        mode_code = ack_code(code, header)
+            return self._unavailable(header, arrival.now)
+        stored = await self._stored(committed[0], arrival.now)
+        mode_code = ack_code(stored["ack"]["code"], header)
         charset = stored.get("charset") or "utf-8"
-        body = stored["ack"]["text"].encode(charset, errors="replace")
         return Reply(
-            body,
+            stored["ack"]["text"].encode(charset, errors="replace"),
             mode_code,
             (stored["_id"],),
-            duplicate=not result.inserted,
+            duplicate=not committed[0].inserted,
             send=should_reply(mode_code, header),
             charset=charset,
         )
@@ -284,10 +281,7 @@ class Hl7Intake:
         data: bytes,
         header: MessageHeader | None,
         rejection: Rejection,
-        now: datetime,
-        channel: str,
-        peer: str,
-        caller: Caller,
+        arrival: Arrival,
         extra: dict[str, Any] | None = None,
         *,
         original_mode: bool = False,
@@ -296,8 +290,8 @@ class Hl7Intake:
         envelope: its messages' MSH-15/16 say nothing about how to answer the envelope itself."""
         record_id = new_id()
         issue = Issue("E", rejection.code, rejection.reason, rejection.location)
-        doc = self._base_doc(record_id, now, channel, peer, caller, data)
-        text = self._ack(header, rejection.ack, record_id, [issue], now, original_mode=original_mode)
+        text = self._ack(header, rejection.ack, record_id, [issue], arrival.now, original_mode=original_mode)
+        doc = arrival.record(record_id, data)
         doc.update(
             status="rejected",
             reason=rejection.reason,
@@ -306,10 +300,10 @@ class Hl7Intake:
             charset=None,
             header=header.to_doc() if header else None,
             ack={"code": rejection.ack, "text": text},
+            **(extra or {}),
         )
-        doc.update(extra or {})
         if await self._commit([doc]) is None:
-            return self._unavailable(header, now)
+            return self._unavailable(header, arrival.now)
         code = rejection.ack if original_mode else ack_code(rejection.ack, header)
         return Reply(text.encode("utf-8"), code, (record_id,))
 
@@ -317,23 +311,21 @@ class Hl7Intake:
         self, head: bytes, size: int, limit: int, *, channel: str, peer: str, caller: Caller
     ) -> Reply:
         """Reject a frame larger than ``limit``: its first ``limit`` bytes are kept, with its size."""
-        spans = segment_spans(head)
-        header = _try_header(head, spans)
+        header = _try_header(head, segment_spans(head))
         rejection = Rejection(
             APPLICATION_INTERNAL_ERROR,
             f"message of {size} bytes exceeds the limit of {limit} bytes "
             "(MSCC_MLLP_MAX_MESSAGE_BYTES); its first bytes are kept",
         )
-        return await self._store_rejection(
-            head, header, rejection, self._clock(), channel, peer, caller, extra={"size": size, "truncated": True}
-        )
+        arrival = self._arrival(channel, peer, caller)
+        return await self._store_rejection(head, header, rejection, arrival, {"size": size, "truncated": True})
 
     async def keep_unacknowledged(
         self, data: bytes, reason: str, *, channel: str, peer: str, caller: Caller
     ) -> str | None:
         """Keep bytes that cannot be answered (outside a frame, an unfinished frame) with the reason."""
         record_id = new_id()
-        doc = self._base_doc(record_id, self._clock(), channel, peer, caller, data)
+        doc = self._arrival(channel, peer, caller).record(record_id, data)
         doc.update(
             status="rejected",
             reason=reason,
@@ -349,24 +341,13 @@ class Hl7Intake:
         return record_id
 
     async def _receive_batch(
-        self,
-        data: bytes,
-        messages: list[list[SegmentSpan]],
-        file_header: bool,
-        now: datetime,
-        channel: str,
-        peer: str,
-        caller: Caller,
-        charset: str | None,
+        self, data: bytes, messages: list[list[SegmentSpan]], file_header: bool, arrival: Arrival
     ) -> Reply:
         batch_id = new_id()
-        prepared = [
-            self._prepare(data, spans, data[spans[0].start : spans[-1].stop], now, channel, peer, caller, charset)
-            for spans in messages
-        ]
+        prepared = [self._prepare(data, spans, data[spans[0].start : spans[-1].stop], arrival) for spans in messages]
         for index, (doc, _) in enumerate(prepared):
             doc["batch"] = {"id": batch_id, "index": index, "count": len(prepared)}
-        envelope = self._base_doc(batch_id, now, channel, peer, caller, data)
+        envelope = arrival.record(batch_id, data)
         envelope.update(
             protocol="hl7v2-batch",
             status="split",
@@ -378,16 +359,10 @@ class Hl7Intake:
         committed = await self._commit([envelope] + [doc for doc, _ in prepared])
         first_header = next((h for _, h in prepared if h is not None), None)
         if committed is None:
-            return self._unavailable(first_header, now)
-        acks = []
-        codes = []
-        for result in committed[1:]:
-            stored = result.document
-            if not result.inserted:
-                await self._note_duplicate(stored["_id"], now)
-            acks.append(stored["ack"]["text"])
-            codes.append(stored["ack"]["code"])
-        body = self._batch_ack(acks, first_header, file_header, batch_id, now)
+            return self._unavailable(first_header, arrival.now)
+        stored = [await self._stored(result, arrival.now) for result in committed[1:]]
+        codes = [doc["ack"]["code"] for doc in stored]
+        body = self._batch_ack([doc["ack"]["text"] for doc in stored], first_header, file_header, batch_id, arrival.now)
         worst = "AR" if "AR" in codes else "AE" if "AE" in codes else "AA"
         return Reply(body.encode("utf-8"), worst, (batch_id, *(d["_id"] for d, _ in prepared)))
 
@@ -413,7 +388,3 @@ class Hl7Intake:
         if file_header:
             out.append(f"FTS{fs}1\r")
         return "".join(out)
-
-
-def summary(reply: Reply) -> dict[str, Any]:
-    return {"code": reply.code, "records": list(reply.record_ids), "duplicate": reply.duplicate}
