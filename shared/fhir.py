@@ -7,16 +7,20 @@ carries the HTTP status and the OperationOutcome issues to answer with.
 Errors (one root)::
 
     FhirError
-      status 400  invalid JSON, wrong resourceType, structure errors (with FHIRPath expressions)
+      status 400  invalid JSON (or not UTF-8, numbers out of range, nested too deep), wrong resourceType,
+                  structure errors (with FHIRPath expressions)
       status 404  unknown resource or version
       status 409  an id or business identifier already taken by different content
       status 412  conditional create matched several resources
+      status 413  body over the size limit
       status 415  not application/fhir+json
+      status 503  the database did not answer (the client should send it again)
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -68,18 +72,70 @@ def check_content_type(content_type: str | None) -> None:
         )
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Objects and arrays nested deeper are refused: MongoDB stores at most ~180 levels (a resource sits a
+# level or two down in its documents) and validation recurses once per level.
+MAX_DEPTH = 100
+
+
+def _parse_int(text: str) -> int:
+    """A JSON integer MongoDB can store (64-bit); ``FhirError`` 400 for a larger one."""
+    value = int(text)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise FhirError(400, "structure", f"number {text[:40]} is out of range: integers must fit in 64 bits")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    """A finite JSON number; ``FhirError`` 400 for one too large for a double (it would become infinity)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise FhirError(400, "structure", f"number {text[:40]} is out of range")
+    return value
+
+
+def _parse_constant(name: str) -> Any:
+    """Python's json accepts NaN and Infinity, JSON does not: ``FhirError`` 400."""
+    raise FhirError(400, "structure", f"body is not JSON: {name} is not a JSON value")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than ``limit`` levels (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_json(body: bytes) -> Resource:
-    """The JSON object in ``body``, or ``FhirError`` 400 saying where it is broken."""
+    """The JSON object in ``body`` (UTF-8, a leading BOM allowed), or ``FhirError`` 400 saying what is wrong.
+
+    What could not be stored in MongoDB, validated or sent back as JSON is refused here too, so nothing
+    accepted fails later: integers beyond 64 bits, decimals beyond a double's range, NaN and Infinity,
+    and objects or arrays nested more than ``MAX_DEPTH`` levels.
+    """
     try:
-        data = json.loads(body)
+        text = body.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise FhirError(400, "structure", f"body is not UTF-8 text: {exc}") from exc
+    try:
+        data = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
     except json.JSONDecodeError as exc:
         raise FhirError(
             400, "structure", f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
+    except RecursionError as exc:
+        raise FhirError(400, "structure", f"body nests deeper than {MAX_DEPTH} levels") from exc
     if not isinstance(data, dict):
         raise FhirError(400, "structure", "body must be a JSON object (a FHIR resource)")
+    if _deeper_than(data, MAX_DEPTH):
+        raise FhirError(400, "structure", f"body nests deeper than {MAX_DEPTH} levels")
     return data
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import Unauthenticated
@@ -14,6 +17,8 @@ from . import routes_fhir, routes_hl7
 from .deps import Intake
 from .routes_fhir import FhirResponse, metadata, outcome_response
 from .service import IntakeService
+
+log = logging.getLogger(__name__)
 
 
 def create_app(service: IntakeService) -> FastAPI:
@@ -60,13 +65,23 @@ def create_app(service: IntakeService) -> FastAPI:
         if request.url.path.startswith("/fhir"):
             code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
             detail = f"{request.method} {request.url.path}: {exc.detail}"
-            return outcome_response(FhirError(exc.status_code, code, detail))
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+            return outcome_response(FhirError(exc.status_code, code, detail), exc.headers)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> Response:
         if request.url.path.startswith("/fhir"):
             return outcome_response(FhirError(400, "invalid", f"request is not valid: {exc.errors()}"))
         return JSONResponse({"detail": exc.errors()}, status_code=422)
+
+    @app.exception_handler(PyMongoError)
+    async def database_error(request: Request, exc: PyMongoError) -> Response:
+        """A database failure no route turned into an answer: 503, so the client retries."""
+        log.error("database error", extra={"path": request.url.path, "reason": str(exc)})
+        if request.url.path.startswith("/fhir"):
+            return outcome_response(FhirError(503, "transient", "the database did not answer, try again"))
+        return JSONResponse(
+            {"detail": "the database did not answer, try again"}, status_code=503, headers={"Retry-After": "5"}
+        )
 
     return app

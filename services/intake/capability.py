@@ -8,6 +8,7 @@ from shared.fhir import FHIR_JSON, FHIR_VERSION, Resource, validate
 
 UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/"
 VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
+MESSAGE_TRANSPORT = "http://terminology.hl7.org/CodeSystem/message-transport"
 SUPPORTED_TYPES = ("ServiceRequest", "Patient", "Encounter", "CarePlan", "QuestionnaireResponse")
 
 
@@ -55,6 +56,16 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
                 "asynchronously. XML is not supported.",
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            }
+        ],
+        "messaging": [
+            {
+                "endpoint": [
+                    {"protocol": {"system": MESSAGE_TRANSPORT, "code": "http"}, "address": f"{base_url}/fhir"}
+                ],
+                "documentation": "message Bundles (first entry a MessageHeader) are accepted by POST to the base; "
+                "the response is a message Bundle with MessageHeader.response.code ok once it is stored. "
+                "A repeated MessageHeader.id is answered with the first response.",
             }
         ],
     }

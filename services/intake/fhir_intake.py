@@ -9,7 +9,9 @@ Bundles are validated, stored and queued; the mapper resolves their entries and 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from shared.auth import Caller
 from shared.fhir import (
@@ -39,6 +41,8 @@ from .hl7_intake import new_id
 log = logging.getLogger(__name__)
 
 BUNDLE_TYPES = ("transaction", "batch", "message")
+WRITE_CONFLICT = 112
+CREATE_ATTEMPTS = 8  # concurrent creates of one id conflict in MongoDB; each retry backs off a little longer
 
 
 @dataclass
@@ -52,8 +56,22 @@ def _etag(version: int | str) -> str:
     return f'W/"{version}"'
 
 
+def _write_conflict(exc: PyMongoError) -> bool:
+    return isinstance(exc, OperationFailure) and exc.code == WRITE_CONFLICT
+
+
 def _http_date(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+def _unavailable(what: str, exc: PyMongoError) -> FhirError:
+    """The 503 for a database failure (details go to the log, not to the client)."""
+    log.error("FHIR intake: database error", extra={"what": what, "reason": str(exc)})
+    return FhirError(503, "transient", f"{what}: the database did not answer, send it again")
+
+
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
 
 
 def parse_if_none_exist(value: str) -> tuple[str, str]:
@@ -106,6 +124,31 @@ class FhirIntake:
         except StoreUnavailable as exc:
             log.error("rejected FHIR body not stored", extra={"reason": str(exc)})
 
+    async def refuse_oversize(
+        self, head: bytes, size: int, limit: int, caller: Caller, peer: str, header: dict[str, Any]
+    ) -> FhirError:
+        """Keep the first ``limit`` bytes of a body larger than ``limit`` (with its size) and return the
+        413 to answer with; if even that cannot be stored it is logged and the 413 still returned."""
+        error = FhirError(
+            413,
+            "too-costly",
+            f"body of {size} bytes exceeds the limit of {limit} bytes (MSCC_MLLP_MAX_MESSAGE_BYTES)",
+        )
+        doc = self._record(head, caller, peer, header)
+        doc.update(
+            status="rejected",
+            reason=error.issues[0]["diagnostics"],
+            http_status=413,
+            issues=error.issues,
+            size=size,
+            truncated=True,
+        )
+        try:
+            await self._committer.commit([doc])
+        except StoreUnavailable as exc:
+            log.error("oversize FHIR body not stored", extra={"reason": str(exc)})
+        return error
+
     async def _validated(
         self, body: bytes, content_type: str | None, expected: str, caller: Caller, peer: str, header: dict[str, Any]
     ) -> Resource:
@@ -136,27 +179,42 @@ class FhirIntake:
         caller: Caller,
         peer: str,
     ) -> FhirReply:
-        """FHIR create (with conditional create); ``FhirError`` carries any refusal."""
+        """FHIR create (with conditional create); ``FhirError`` carries any refusal (503 if the database
+        fails), after the body was kept as a rejected record."""
         header: dict[str, Any] = {"interaction": "create", "resource_type": resource_type}
         data = await self._validated(body, content_type, resource_type, caller, peer, header)
         try:
-            if if_none_exist:
-                system, value = parse_if_none_exist(if_none_exist)
-                matches = await self._resources.by_identifier(resource_type, system, value)
-                if len(matches) > 1:
-                    raise FhirError(
-                        412,
-                        "multiple-matches",
-                        f"If-None-Exist {if_none_exist!r} matches more than one {resource_type}",
-                    )
-                if matches:
-                    return self._existing_reply(matches[0])
-            identifiers = business_identifiers(data)
-            rid = resource_id(resource_type, *identifiers[0]) if identifiers else str(uuid.uuid4())
-            return await self._create_new(resource_type, rid, data, body, caller, peer, header)
+            try:
+                return await self._conditional_create(resource_type, data, body, if_none_exist, caller, peer, header)
+            except PyMongoError as exc:
+                raise _unavailable(f"{resource_type} not stored", exc) from exc
         except FhirError as error:
             await self.keep_rejected(body, error, caller, peer, header)
             raise
+
+    async def _conditional_create(
+        self,
+        resource_type: str,
+        data: Resource,
+        body: bytes,
+        if_none_exist: str | None,
+        caller: Caller,
+        peer: str,
+        header: dict[str, Any],
+    ) -> FhirReply:
+        """The If-None-Exist match if there is one, else a create; ``FhirError`` 400/409/412 refuses."""
+        if if_none_exist is not None:
+            system, value = parse_if_none_exist(if_none_exist)
+            matches = await self._resources.by_identifier(resource_type, system, value)
+            if len(matches) > 1:
+                raise FhirError(
+                    412, "multiple-matches", f"If-None-Exist {if_none_exist!r} matches more than one {resource_type}"
+                )
+            if matches:
+                return self._existing_reply(matches[0])
+        identifiers = business_identifiers(data)
+        rid = resource_id(resource_type, *identifiers[0]) if identifiers else str(uuid.uuid4())
+        return await self._create_new(resource_type, rid, data, body, caller, peer, header)
 
     async def _create_new(
         self,
@@ -168,7 +226,13 @@ class FhirIntake:
         peer: str,
         header: dict[str, Any],
     ) -> FhirReply:
-        for _ in range(3):
+        """Create version 1 of ``rid``, or answer with the stored one if it has the same content.
+
+        Concurrent creates of one id conflict in MongoDB (a duplicate key, or a transaction write
+        conflict); the losers back off and then find the winner's resource. ``FhirError`` 409 if the id
+        holds other content; ``PyMongoError`` if the database fails.
+        """
+        for attempt in range(CREATE_ATTEMPTS):
             existing = await self._resources.read(resource_type, rid)
             if existing is not None:
                 if content_of(existing["resource"]) == content_of(data):
@@ -176,8 +240,8 @@ class FhirIntake:
                 raise FhirError(
                     409,
                     "duplicate",
-                    f"{resource_type}/{rid} already exists for this business identifier with other content: "
-                    "update it (PUT with If-Match) or use If-None-Exist",
+                    f"{resource_type}/{rid} already exists for this business identifier with other content "
+                    "(this server does not update resources): use If-None-Exist to get the stored one",
                 )
             record = self._record(body, caller, peer, {**header, "id": rid})
             now = record["received_at"]
@@ -188,7 +252,10 @@ class FhirIntake:
             except DuplicateKeyError:
                 continue  # created concurrently: answer from what is stored now
             except PyMongoError as exc:
-                raise FhirError(503, "transient", f"not stored, try again: {exc}") from exc
+                if not (exc.has_error_label("TransientTransactionError") or _write_conflict(exc)):
+                    raise
+                await _backoff(attempt)  # another create of this id is in flight: let it finish
+                continue
             return FhirReply(
                 201,
                 resource,
@@ -254,7 +321,10 @@ class FhirIntake:
         try:
             [committed] = await self._committer.commit([record])
         except StoreUnavailable as exc:
-            raise FhirError(503, "transient", f"the Bundle was not stored, send it again: {exc}") from exc
+            log.error("FHIR Bundle not stored", extra={"reason": str(exc)})
+            raise FhirError(
+                503, "transient", "the Bundle was not stored (database unavailable), send it again"
+            ) from exc
         stored = committed.document
         return FhirReply(
             stored["reply"]["status"],
@@ -322,11 +392,15 @@ class FhirIntake:
         return FhirReply(200, body)
 
     async def read(self, resource_type: str, rid: str, version: str | None = None) -> FhirReply:
-        doc = (
-            await self._resources.vread(resource_type, rid, version)
-            if version
-            else await self._resources.read(resource_type, rid)
-        )
+        """The current (or one) version; ``FhirError`` 404 if unknown, 503 if the database fails."""
+        try:
+            doc = (
+                await self._resources.vread(resource_type, rid, version)
+                if version
+                else await self._resources.read(resource_type, rid)
+            )
+        except PyMongoError as exc:
+            raise _unavailable(f"{resource_type}/{rid} not read", exc) from exc
         if doc is None:
             what = f"{resource_type}/{rid}" + (f"/_history/{version}" if version else "")
             raise FhirError(404, "not-found", f"{what} is not known")

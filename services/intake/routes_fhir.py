@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
-from shared.fhir import FHIR_JSON, FhirError, check_content_type, issue, operation_outcome, parse_json
+from shared.auth import Caller
+from shared.fhir import FHIR_JSON, FhirError, Resource, check_content_type, issue, operation_outcome, parse_json
 from shared.fhir import validate as validate_resource
 
 from .capability import SUPPORTED_TYPES, capability_statement
 from .deps import CallerDep, Intake, Peer
 from .fhir_intake import FhirReply
+from .service import IntakeService
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
 
@@ -50,8 +53,8 @@ async def create_service_request(
     peer: Peer,
     if_none_exist: Annotated[str | None, Header()] = None,
 ) -> FhirResponse:
-    body = await request.body()
-    _check_size(body, intake.settings.mllp_max_message_bytes)
+    header = {"interaction": "create", "resource_type": "ServiceRequest"}
+    body = await _read_body(request, intake, header, caller, peer)
     reply = await intake.fhir.create(
         "ServiceRequest", body, request.headers.get("content-type"), if_none_exist, caller, peer
     )
@@ -60,21 +63,22 @@ async def create_service_request(
 
 @router.post("", summary="Post a transaction, batch or message Bundle", response_class=FhirResponse)
 async def post_bundle(request: Request, intake: Intake, caller: CallerDep, peer: Peer) -> FhirResponse:
-    body = await request.body()
-    _check_size(body, intake.settings.mllp_max_message_bytes)
+    body = await _read_body(request, intake, {"interaction": "bundle"}, caller, peer)
     return respond(await intake.fhir.post_bundle(body, request.headers.get("content-type"), caller, peer))
 
 
 @router.post("/{resource_type}/$validate", summary="Validate a resource", response_class=FhirResponse)
-async def validate_operation(resource_type: str, request: Request) -> FhirResponse:
+async def validate_operation(resource_type: str, request: Request, intake: Intake) -> FhirResponse:
+    """Validate without storing anything: 200 information, or the errors (400, 413, 415)."""
     _known_type(resource_type)
     check_content_type(request.headers.get("content-type"))
-    data: dict[str, Any] = parse_json(await request.body())
+    limit = intake.settings.mllp_max_message_bytes
+    body, size = await _read_limited(request, limit)
+    if size > limit:
+        raise FhirError(413, "too-costly", f"body of {size} bytes exceeds the limit of {limit} bytes")
+    data = parse_json(body)
     if data.get("resourceType") == "Parameters":
-        resource = next((p.get("resource") for p in data.get("parameter", []) if p.get("name") == "resource"), None)
-        if not isinstance(resource, dict):
-            raise FhirError(400, "required", "Parameters must carry a 'resource' parameter")
-        data = resource
+        data = _resource_parameter(data)
     validate_resource(data, resource_type)
     return FhirResponse(operation_outcome([issue("information", "informational", f"{resource_type} is valid FHIR R4")]))
 
@@ -93,9 +97,39 @@ async def vread(resource_type: str, resource_id: str, version: str, intake: Inta
     return respond(await intake.fhir.read(resource_type, resource_id, version))
 
 
-def _check_size(body: bytes, limit: int) -> None:
-    if len(body) > limit:
-        raise FhirError(413, "too-costly", f"body of {len(body)} bytes exceeds the limit of {limit} bytes")
+def _resource_parameter(parameters: Resource) -> Resource:
+    """The ``resource`` parameter of a $validate Parameters body; ``FhirError`` 400 if there is none."""
+    items = parameters.get("parameter")
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict) and item.get("name") == "resource" and isinstance(item.get("resource"), dict):
+                resource: Resource = item["resource"]
+                return resource
+    raise FhirError(
+        400, "required", "Parameters must carry a 'resource' parameter", expression=["Parameters.parameter"]
+    )
+
+
+async def _read_limited(request: Request, limit: int) -> tuple[bytes, int]:
+    """The body's first ``limit + 1`` bytes at most, and the size of the whole body (read, not kept)."""
+    head = bytearray()
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if len(head) <= limit:
+            head += chunk[: limit + 1 - len(head)]
+    return bytes(head), size
+
+
+async def _read_body(
+    request: Request, intake: IntakeService, header: dict[str, Any], caller: Caller, peer: str
+) -> bytes:
+    """The request body; ``FhirError`` 413 if it is over the limit (its first bytes are kept as rejected)."""
+    limit = intake.settings.mllp_max_message_bytes
+    head, size = await _read_limited(request, limit)
+    if size > limit:
+        raise await intake.fhir.refuse_oversize(head[:limit], size, limit, caller, peer, header)
+    return head
 
 
 def _version() -> str:
@@ -105,5 +139,9 @@ def _version() -> str:
         return "0+unknown"
 
 
-def outcome_response(error: FhirError) -> FhirResponse:
-    return FhirResponse(error.outcome(), status_code=error.status)
+def outcome_response(error: FhirError, headers: Mapping[str, str] | None = None) -> FhirResponse:
+    """The OperationOutcome answer for ``error`` (503s ask the client to retry after a few seconds)."""
+    extra = dict(headers or {})
+    if error.status == 503:
+        extra.setdefault("Retry-After", "5")
+    return FhirResponse(error.outcome(), status_code=error.status, headers=extra)
