@@ -693,7 +693,7 @@ async def test_read_unsupported_type_is_404(path: str, http: httpx.AsyncClient) 
     ("method", "path", "status"),
     [
         ("GET", "/fhir/no/such/route/here", 404),
-        ("GET", "/fhir/ServiceRequest", 405),
+        ("PATCH", "/fhir/ServiceRequest", 405),
         ("DELETE", "/fhir/ServiceRequest/abc", 405),
         ("PUT", "/fhir/ServiceRequest/abc", 405),
         ("GET", "/fhir", 405),

@@ -6,14 +6,16 @@ from datetime import UTC, datetime
 
 from shared.fhir import FHIR_JSON, FHIR_VERSION, Resource, validate
 
+from .search import search_params
+
 UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/"
 VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
 MESSAGE_TRANSPORT = "http://terminology.hl7.org/CodeSystem/message-transport"
-SUPPORTED_TYPES = ("ServiceRequest", "Patient", "Encounter", "CarePlan", "QuestionnaireResponse")
+SUPPORTED_TYPES = ("ServiceRequest", "Patient", "Encounter", "CarePlan", "QuestionnaireResponse", "Questionnaire")
 
 
 def capability_statement(base_url: str, software_version: str) -> Resource:
-    read_only = [{"code": "read"}, {"code": "vread"}]
+    read_only = [{"code": "read"}, {"code": "vread"}, {"code": "search-type"}, {"code": "history-instance"}]
     resources = [
         {
             "type": "ServiceRequest",
@@ -22,6 +24,7 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
             "versioning": "versioned",
             "readHistory": True,
             "conditionalCreate": True,
+            "searchParam": search_params("ServiceRequest"),
             "documentation": "create honours If-None-Exist: identifier=system|value; the resource id is "
             "derived from the first business identifier, so a repeated create is idempotent",
             "operation": [VALIDATE],
@@ -33,9 +36,10 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
                 "interaction": read_only,
                 "versioning": "versioned",
                 "readHistory": True,
-                "operation": [VALIDATE],
+                "searchParam": search_params(t),
+                **({"operation": [VALIDATE]} if t != "Questionnaire" else {}),
             }
-            for t in ("Patient", "Encounter", "CarePlan", "QuestionnaireResponse")
+            for t in ("Patient", "Encounter", "CarePlan", "QuestionnaireResponse", "Questionnaire")
         ],
     ]
     statement: Resource = {

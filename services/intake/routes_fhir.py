@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
@@ -81,6 +82,36 @@ async def validate_operation(resource_type: str, request: Request, intake: Intak
         data = _resource_parameter(data)
     validate_resource(data, resource_type)
     return FhirResponse(operation_outcome([issue("information", "informational", f"{resource_type} is valid FHIR R4")]))
+
+
+@router.get("/{resource_type}", summary="Search (searchset Bundle, paged)", response_class=FhirResponse)
+async def search(resource_type: str, request: Request, intake: Intake) -> FhirResponse:
+    _known_type(resource_type)
+    return FhirResponse(await intake.reads.search(resource_type, list(request.query_params.multi_items())))
+
+
+@router.get("/{resource_type}/_search", summary="Search", response_class=FhirResponse, operation_id="search_get")
+@router.post(
+    "/{resource_type}/_search", summary="Search by form POST", response_class=FhirResponse, operation_id="search_post"
+)
+async def search_post(resource_type: str, request: Request, intake: Intake) -> FhirResponse:
+    _known_type(resource_type)
+    params = list(request.query_params.multi_items())
+    if request.method == "POST":
+        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
+        body, size = await _read_limited(request, 64 * 1024)
+        if size > 64 * 1024:
+            raise FhirError(413, "too-costly", "a search form over 64 KiB is not accepted")
+        params += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    return FhirResponse(await intake.reads.search(resource_type, params))
+
+
+@router.get("/{resource_type}/{resource_id}/_history", summary="History of a resource", response_class=FhirResponse)
+async def history(resource_type: str, resource_id: str, request: Request, intake: Intake) -> FhirResponse:
+    _known_type(resource_type)
+    params = list(request.query_params.multi_items())
+    return FhirResponse(await intake.reads.history(resource_type, resource_id, params))
 
 
 @router.get("/{resource_type}/{resource_id}", summary="Read a resource", response_class=FhirResponse)

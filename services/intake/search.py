@@ -166,6 +166,28 @@ PARAMETERS: dict[str, dict[str, Builder]] = {
     "Questionnaire": {"status": _exact("resource.status")},
 }
 COMMON: dict[str, Builder] = {"_id": _exact("id"), "_lastUpdated": _last_updated}
+# FHIR search parameter types, for the CapabilityStatement (modifiers such as :identifier are not listed).
+PARAM_TYPES = {
+    "_id": "token",
+    "_lastUpdated": "date",
+    "identifier": "token",
+    "name": "string",
+    "family": "string",
+    "given": "string",
+    "birthdate": "date",
+    "patient": "reference",
+    "subject": "reference",
+    "status": "token",
+    "requester": "reference",
+}
+
+
+def search_params(resource_type: str) -> list[dict[str, str]]:
+    """The searchParam list a CapabilityStatement gives for ``resource_type``."""
+    names = [*COMMON, *(n for n in PARAMETERS.get(resource_type, {}) if ":" not in n)]
+    return [{"name": n, "type": PARAM_TYPES[n]} for n in names]
+
+
 CONTROL = ("_count", "_offset")
 
 

@@ -10,6 +10,7 @@ from shared.store import Store
 
 from .committer import GroupCommitter
 from .fhir_intake import FhirIntake
+from .fhir_reads import FhirReads
 from .hl7_intake import Hl7Intake, IntakeConfig
 from .mllp_server import MllpServer
 from .policy import load_policy
@@ -32,6 +33,7 @@ class IntakeService:
         )
         self.hl7 = Hl7Intake(self.committer, load_policy(settings.senders_file), config, clock)
         self.fhir = FhirIntake(store, self.committer, settings.base_url, clock)
+        self.reads = FhirReads(store, settings.base_url)
         self.mllp = MllpServer(self.hl7, settings)
 
     async def start(self, *, mllp: bool = True) -> None:
