@@ -43,7 +43,7 @@ async def running(settings: Settings, store: Store) -> AsyncIterator[IntakeServi
 
 
 @contextlib.asynccontextmanager
-async def connection(port: int, timeout_s: float = 10.0) -> AsyncIterator[MllpClient]:
+async def connection(port: int, timeout_s: float = 30.0) -> AsyncIterator[MllpClient]:
     client = await MllpClient.connect("127.0.0.1", port, timeout_s=timeout_s)
     try:
         yield client
