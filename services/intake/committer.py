@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.read_concern import ReadConcern
 
 from shared.store import Document
 
@@ -91,6 +92,17 @@ class GroupCommitter:
                 for _ in batch:
                     self._queue.task_done()
 
+    async def _durable_original(self, key: str, wait_s: float = 5.0) -> Document | None:
+        """The stored original of a duplicate, once a majority has it: a resend is never answered from a
+        write that could still be lost. The original may be in flight in a concurrent batch, so wait."""
+        majority = self._collection.with_options(read_concern=ReadConcern("majority"))
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            original = await majority.find_one({"dedup_key": key})
+            if original is not None or asyncio.get_running_loop().time() > deadline:
+                return original
+            await asyncio.sleep(0.01)
+
     @staticmethod
     def _fail(batch: list[_Item], reason: str) -> None:
         for _, future in batch:
@@ -122,7 +134,7 @@ class GroupCommitter:
             original = None
             if error.get("code") == DUPLICATE_KEY and doc.get("dedup_key"):
                 try:
-                    original = await self._collection.find_one({"dedup_key": doc["dedup_key"]})
+                    original = await self._durable_original(doc["dedup_key"])
                 except PyMongoError as exc:
                     future.set_exception(StoreUnavailable(str(exc)))
                     continue
