@@ -72,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except mongod.MongodError as exc:
         print(f"mscc: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a configuration file (MSCC_SENDERS_FILE, MSCC_MAPPING_FILE) is wrong
+        print(f"mscc: configuration error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -16,7 +16,7 @@ from shared.store import Store, connect
 
 from .intake.app import create_app
 from .intake.service import IntakeService
-from .mapper.service import MapperService
+from .mapper.service import MapperService, load_mapping
 from .mapper.worker import WorkerStats
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,13 @@ async def serve(settings: Settings, *, parts: tuple[str, ...] = PARTS, demo: boo
 
     The mapper finishes the batch in hand before the process exits.
     """
+    mapping = load_mapping(settings.mapping_file) if "mapper" in parts else None
     async with opened_store(settings) as store:
         stop = asyncio.Event()
         workers = []
         if "mapper" in parts:
-            workers.append(asyncio.create_task(MapperService(store).run(stop), name="mapper"))
+            mapper = MapperService(store, mapping=mapping)
+            workers.append(asyncio.create_task(mapper.run(stop), name="mapper"))
         try:
             if "intake" in parts:
                 await _serve_intake(settings, store, demo)
@@ -83,8 +85,9 @@ async def serve(settings: Settings, *, parts: tuple[str, ...] = PARTS, demo: boo
 
 async def drain(settings: Settings) -> WorkerStats:
     """``mscc mapper --burst``: map everything that is ready, then return."""
+    mapping = load_mapping(settings.mapping_file)  # a bad file fails before any database work
     async with opened_store(settings) as store:
-        return await MapperService(store).run(asyncio.Event(), burst=True)
+        return await MapperService(store, mapping=mapping).run(asyncio.Event(), burst=True)
 
 
 async def _wait_for_signal(stop: asyncio.Event) -> None:

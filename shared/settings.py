@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     hl7_default_charset: str = "utf-8"
     hl7_fallback_charset: str = "cp1252"
     senders_file: Path | None = None
+    mapping_file: Path | None = None
     receiving_application: str = "MSCC-HUB"
     receiving_facility: str = "REN"
 

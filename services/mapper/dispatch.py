@@ -7,18 +7,18 @@ from collections.abc import Callable
 from shared.store import Document
 
 from .fhir_records import map_bundle, map_created
+from .hl7 import map_hl7v2
+from .hl7.config import MappingConfig
 from .model import MappingError, MappingResult
 from .pathway import derive
 
 
-def make_mapper(hl7_config: object | None = None) -> Callable[[Document], MappingResult]:
+def make_mapper(hl7_config: MappingConfig | None = None) -> Callable[[Document], MappingResult]:
     """The pure function the worker applies to each claimed message."""
 
     def map_record(record: Document) -> MappingResult:
         protocol = record.get("protocol")
         if protocol == "hl7v2":
-            from .hl7 import map_hl7v2
-
             return map_hl7v2(record.get("text") or "", hl7_config)
         if protocol == "fhir":
             interaction = (record.get("header") or {}).get("interaction")

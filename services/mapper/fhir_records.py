@@ -17,14 +17,14 @@ from typing import Any
 
 from shared.store import Document
 
-from .model import MappingError, MappingResult, Resource, issue
+from .model import MappingError, MappingResult, Patch, Resource, issue
 
 UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-"
 STORED_TYPES = ("Patient", "ServiceRequest", "Encounter", "CarePlan", "QuestionnaireResponse")
 # Envelope resources of a message Bundle: consumed by the messaging layer, not stored as resources.
 ENVELOPE_TYPES = ("MessageHeader",)
 
-Derive = Callable[[Resource], list[Resource]]
+Derive = Callable[[Resource], tuple[list[Resource], list[Patch]]]
 
 
 def with_profile(resource: Resource) -> Resource:
@@ -70,7 +70,8 @@ def map_created(record: Document, derive: Derive) -> MappingResult:
     data: Resource = json.loads(record["raw"])
     rid = record["header"]["id"]
     resource = with_profile({**data, "id": rid})
-    return MappingResult(resources=[resource, *derive(resource)], source_time=record.get("received_at"))
+    implied, patches = derive(resource)
+    return MappingResult(resources=[resource, *implied], patches=patches, source_time=record.get("received_at"))
 
 
 def map_bundle(record: Document, derive: Derive) -> MappingResult:
@@ -103,8 +104,9 @@ def map_bundle(record: Document, derive: Derive) -> MappingResult:
             result.unmapped.append(f"{where} {method} {item.get('url')}: only create and update by id are applied")
             continue
         mapped = with_profile(_rewrite_references({**resource, "id": item["id"]}, targets))
-        result.resources.append(mapped)
-        result.resources.extend(derive(mapped))
+        implied, patches = derive(mapped)
+        result.resources += [mapped, *implied]
+        result.patches += patches
     if not result.resources:
         result.issues.append(issue("warning", "informational", "the Bundle holds no resource the hub stores"))
     return result

@@ -1,43 +1,34 @@
-"""What an MSCC referral implies: the assessment episode (Encounter) and the pathway plan (CarePlan).
+"""What a stored resource implies for the MSCC pathway, whichever way the referral arrived.
 
-Both are derived from the referral ServiceRequest, with ids derived from its id, so every message about
-the same referral converges on the same two resources. The MRI activity's deadline follows NICE NG234:
-24 hours from referral where neurological signs are present (or not known: the safe assumption),
-7 days otherwise. The windows are configuration (``PathwayWindows``), these values the defaults.
+A referral ServiceRequest (FHIR or HL7v2) gives the assessment Encounter and the pathway CarePlan,
+through the same patches the HL7v2 mapping uses (``hl7/mscc.py``): created once, then only moved
+forward, the NICE clock never restarted. A Holistic Needs Assessment response gives its support plan.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from shared.ids import resource_id
-
+from .hl7.mscc import Pathway, assessment_patch, care_plan_patch
+from .hl7.supporting import Neurological, neurological_reading, value_text
 from .hna import support_plan
-from .model import Resource
+from .model import Patch, Resource
 
-UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-"
-MSCC_SERVICE_ODS = "REN"
-# ServiceRequest.status -> (Encounter.status, CarePlan.status)
-_STATUS = {
-    "draft": ("planned", "draft"),
-    "active": ("in-progress", "active"),
-    "on-hold": ("onleave", "on-hold"),
-    "revoked": ("cancelled", "revoked"),
-    "completed": ("finished", "completed"),
-    "entered-in-error": ("entered-in-error", "entered-in-error"),
-    "unknown": ("unknown", "unknown"),
+# ServiceRequest.status -> the assessment Encounter status the referral implies (only ever advanced).
+_ENCOUNTER_STATUS = {
+    "draft": "planned",
+    "active": "planned",
+    "on-hold": "planned",
+    "completed": "finished",
+    "revoked": "cancelled",
+    "entered-in-error": "cancelled",
 }
+_PLAN_STATUS = {"draft", "active", "on-hold", "completed", "revoked", "entered-in-error"}
+NEUROLOGICAL_CODE = "neurological-status"
 
 
-@dataclass(frozen=True)
-class PathwayWindows:
-    with_neurological_signs: timedelta = timedelta(hours=24)
-    without_neurological_signs: timedelta = timedelta(days=7)
-
-
-def _parse_time(value: Any) -> datetime | None:
+def _start(value: Any) -> datetime | None:
     if not isinstance(value, str) or "T" not in value:
         return None
     try:
@@ -46,78 +37,43 @@ def _parse_time(value: Any) -> datetime | None:
         return None
 
 
-def neurological_signs(request: Resource) -> bool | None:
-    """True/False where the referral says so (a supporting note or extension), None when unknown."""
-    for item in request.get("supportingInfo") or []:
-        display = str(item.get("display", "")).lower()
-        if "no neurological" in display:
-            return False
-        if "neurological" in display:
-            return True
-    return None
+def neurological(request: Resource) -> Neurological:
+    """Neurological status from contained Observations coded ``neurological-status`` (as the HL7v2
+    mapping writes them), read by the same rules; any sign present wins; "unknown" otherwise, which
+    takes the safe 24-hour window."""
+    found: Neurological = "unknown"
+    for item in request.get("contained") or []:
+        codes = [c.get("code") for c in (item.get("code") or {}).get("coding") or []]
+        if item.get("resourceType") != "Observation" or NEUROLOGICAL_CODE not in codes:
+            continue
+        value = next(((k, v) for k, v in item.items() if k.startswith("value")), None)
+        reading = neurological_reading(value_text(value))
+        if "present" in (found, reading):
+            return "present"
+        found = "absent" if "absent" in (found, reading) else found
+    return found
 
 
-def assessment_encounter(request: Resource) -> Resource:
-    """The MSCC assessment episode for a referral: status follows the referral, period from authoredOn."""
-    encounter_status, _ = _STATUS.get(request.get("status", "unknown"), ("unknown", "unknown"))
-    encounter: Resource = {
-        "resourceType": "Encounter",
-        "id": resource_id("Encounter", "urn:mscc:assessment", request["id"]),
-        "meta": {"profile": [f"{UK_CORE}Encounter"]},
-        "status": encounter_status,
-        # MSCC is an oncological emergency: the assessment is handled as emergency care.
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER", "display": "emergency"},
-        "type": [{"text": "MSCC assessment episode"}],
-        "basedOn": [{"reference": f"ServiceRequest/{request['id']}"}],
-        "serviceProvider": {
-            "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": MSCC_SERVICE_ODS}
-        },
-    }
-    if request.get("subject"):
-        encounter["subject"] = request["subject"]
-    if request.get("authoredOn"):
-        encounter["period"] = {"start": request["authoredOn"]}
-    return encounter
-
-
-def pathway_care_plan(request: Resource, windows: PathwayWindows | None = None) -> Resource | None:
-    """The MSCC pathway plan: whole-spine MRI within the NICE window, MDT discussion, treatment plan.
-
-    None when the referral names no patient (CarePlan.subject is required).
-    """
+def referral_patches(request: Resource) -> list[Patch]:
+    """The episode and plan patches of a referral; none without a subject (both need a patient)."""
     if not request.get("subject"):
-        return None
-    windows = windows or PathwayWindows()
-    _, plan_status = _STATUS.get(request.get("status", "unknown"), ("unknown", "unknown"))
-    signs = neurological_signs(request)
-    window = windows.without_neurological_signs if signs is False else windows.with_neurological_signs
-    label = "24 hours" if window == timedelta(hours=24) else f"{window.days} days" if window.days else str(window)
-    mri: dict[str, Any] = {"status": "not-started", "description": f"Whole-spine MRI within {label} of referral"}
-    start = _parse_time(request.get("authoredOn"))
-    if start is not None:
-        mri["scheduledPeriod"] = {"start": request["authoredOn"], "end": (start + window).isoformat()}
-    return {
-        "resourceType": "CarePlan",
-        "id": resource_id("CarePlan", "urn:mscc:pathway", request["id"]),
-        "meta": {"profile": [f"{UK_CORE}CarePlan"]},
-        "status": plan_status,
-        "intent": "plan",
-        "title": "MSCC pathway",
-        "subject": request["subject"],
-        "activity": [
-            {"detail": {**mri}},
-            {"detail": {"status": "not-started", "description": "MDT discussion"}},
-            {"detail": {"status": "not-started", "description": "Definitive treatment plan agreed"}},
-        ],
-        "supportingInfo": [{"reference": f"ServiceRequest/{request['id']}"}],
-    }
+        return []
+    status = str(request.get("status", "active"))
+    pathway = Pathway(
+        referral_id=request["id"],
+        subject=request["subject"],
+        encounter_status=_ENCOUNTER_STATUS.get(status, "planned"),
+        plan_status=status if status in _PLAN_STATUS else "active",
+        neurological=neurological(request),
+        start=_start(request.get("authoredOn")),
+    )
+    return [assessment_patch(pathway), care_plan_patch(pathway)]
 
 
-def derive(resource: Resource) -> list[Resource]:
-    """Everything a stored resource implies: for a referral its episode and plan; for an HNA its plan."""
+def derive(resource: Resource) -> tuple[list[Resource], list[Patch]]:
+    """Everything a stored resource implies: resources it fully determines, and patches."""
     if resource.get("resourceType") == "ServiceRequest":
-        plan = pathway_care_plan(resource)
-        return [assessment_encounter(resource), *([plan] if plan else [])]
+        return [], referral_patches(resource)
     if resource.get("resourceType") == "QuestionnaireResponse":
-        return support_plan(resource)
-    return []
+        return support_plan(resource), []
+    return [], []

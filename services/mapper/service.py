@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pymongo.errors import DuplicateKeyError
 
@@ -14,6 +16,7 @@ from shared.resources import content_of, stamp, version_documents
 from shared.store import Store
 
 from .dispatch import make_mapper
+from .hl7.config import MappingConfig
 from .hna import questionnaire
 from .model import Resource
 from .worker import MapperWorker, WorkerConfig, WorkerStats
@@ -38,13 +41,28 @@ async def publish(store: Store, resource: Resource, now: datetime) -> int:
     return version
 
 
+def load_mapping(path: Path | None) -> MappingConfig | None:
+    """The per-sender mapping configuration (``MSCC_MAPPING_FILE``); ``ValueError`` names the file and
+    what is wrong with it."""
+    if path is None:
+        return None
+    try:
+        return MappingConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"MSCC_MAPPING_FILE {path}: {exc}") from exc
+
+
 class MapperService:
     def __init__(
-        self, store: Store, config: WorkerConfig | None = None, clock: Callable[[], datetime] | None = None
+        self,
+        store: Store,
+        config: WorkerConfig | None = None,
+        clock: Callable[[], datetime] | None = None,
+        mapping: MappingConfig | None = None,
     ) -> None:
         self.store = store
         self._clock = clock or (lambda: datetime.now(UTC))
-        self.worker = MapperWorker(store, make_mapper(), config, self._clock)
+        self.worker = MapperWorker(store, make_mapper(mapping), config, self._clock)
 
     async def prepare(self) -> None:
         await publish(self.store, questionnaire(), self._clock())
