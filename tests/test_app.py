@@ -31,9 +31,22 @@ EXAMPLE_OF = {
     "CarePlan": "CarePlan-example.json",
     "QuestionnaireResponse": "QuestionnaireResponse-f201.json",
     "Questionnaire": "../../uk-core-r4/json-converted/UKCore-Questionnaire-EOLPlan-Example.json",
+    "DiagnosticReport": "../../microsoft-fhir-converter/expected-fhir/LAB-ORU-1-expected.json#DiagnosticReport",
 }
 # What this server implements; anything else claimed in the CapabilityStatement is a lie.
 IMPLEMENTED = {"create", "read", "vread", "search-type", "history-instance"}
+
+
+def _example(rtype: str) -> bytes:
+    """A corpus example of ``rtype``: a file, or ``file#Type`` for the first such entry of a Bundle."""
+    path, _, entry_type = EXAMPLE_OF[rtype].partition("#")
+    data = (EXAMPLES / path).read_bytes()
+    if not entry_type:
+        return data
+    bundle = json.loads(data)
+    return json.dumps(
+        next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == entry_type)
+    ).encode()
 
 
 def _referral(value: str = "APP-1") -> dict[str, Any]:
@@ -104,7 +117,7 @@ async def test_every_claimed_interaction_answers(http: httpx.AsyncClient, settin
     statement = await _capability(http, "/fhir/metadata")
     for rtype, resource in _by_type(statement).items():
         codes = {i["code"] for i in resource["interaction"]}
-        example = (EXAMPLES / EXAMPLE_OF[rtype]).read_bytes()
+        example = _example(rtype)
         assert json.loads(example)["resourceType"] == rtype
         if "read" in codes:
             response = await http.get(f"/fhir/{rtype}/not-there")

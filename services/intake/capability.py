@@ -11,7 +11,8 @@ from .search import search_params
 UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/"
 VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
 MESSAGE_TRANSPORT = "http://terminology.hl7.org/CodeSystem/message-transport"
-SUPPORTED_TYPES = ("ServiceRequest", "Patient", "Encounter", "CarePlan", "QuestionnaireResponse", "Questionnaire")
+READ_ONLY_TYPES = ("Patient", "Encounter", "CarePlan", "QuestionnaireResponse", "DiagnosticReport", "Questionnaire")
+SUPPORTED_TYPES = ("ServiceRequest", *READ_ONLY_TYPES)
 
 
 def capability_statement(base_url: str, software_version: str) -> Resource:
@@ -39,7 +40,7 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
                 "searchParam": search_params(t),
                 **({"operation": [VALIDATE]} if t != "Questionnaire" else {}),
             }
-            for t in ("Patient", "Encounter", "CarePlan", "QuestionnaireResponse", "Questionnaire")
+            for t in READ_ONLY_TYPES
         ],
     ]
     statement: Resource = {

@@ -163,6 +163,7 @@ PARAMETERS: dict[str, dict[str, Builder]] = {
     "Encounter": dict(_CLINICAL),
     "CarePlan": dict(_CLINICAL),
     "QuestionnaireResponse": dict(_CLINICAL),
+    "DiagnosticReport": dict(_CLINICAL),
     "Questionnaire": {"status": _exact("resource.status")},
 }
 COMMON: dict[str, Builder] = {"_id": _exact("id"), "_lastUpdated": _last_updated}
