@@ -131,18 +131,34 @@ def _name_prefix(*fields: str) -> Callable[[str, str], Query]:
     return build
 
 
+def _requester_match(code: str, system: str | None = None) -> Query:
+    """A requester carrying ODS ``code``: as an identifier reference, or contained (an Organization, or
+    a PractitionerRole whose organisation has it, as the HL7v2 mapping writes a PRD referring provider)."""
+    ident: Query = {"value": code, **({"system": system} if system else {})}
+    contained: Query = {
+        "$or": [
+            {"resourceType": "Organization", "identifier": {"$elemMatch": ident}},
+            {"resourceType": "PractitionerRole", **{f"organization.identifier.{k}": v for k, v in ident.items()}},
+        ]
+    }
+    direct = {f"resource.requester.identifier.{k}": v for k, v in ident.items()}
+    return {
+        "$or": [
+            direct,
+            {"resource.requester.reference": {"$regex": "^#"}, "resource.contained": {"$elemMatch": contained}},
+        ]
+    }
+
+
 def _requester(value: str, name: str) -> Query:
-    """``Organization/RBL``: a reference to it, or an identifier reference with that ODS code."""
+    """``Organization/RBL``: a reference to it, or a requester identified by that ODS code."""
     code = value.split("/", 1)[1] if value.startswith("Organization/") else value
-    return {"$or": [{"resource.requester.reference": value}, {"resource.requester.identifier.value": code}]}
+    return {"$or": [{"resource.requester.reference": value}, _requester_match(code)]}
 
 
 def _requester_identifier(value: str, name: str) -> Query:
     system, _, code = value.rpartition("|")
-    match: Query = {"resource.requester.identifier.value": code}
-    if system:
-        match["resource.requester.identifier.system"] = system
-    return match
+    return _requester_match(code, system or None)
 
 
 Builder = Callable[[str, str], Query]
