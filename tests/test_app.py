@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
+from helpers import app_client
 from pymongo import AsyncMongoClient
 
 from services.intake.app import create_app
@@ -296,14 +297,8 @@ async def test_fhir_answers_503_outcome_when_the_store_is_unreachable(down_http:
 @pytest.fixture
 async def locked_http(settings: Settings, store: Store) -> AsyncIterator[httpx.AsyncClient]:
     """The app with the development client disabled and no authentication: every caller is refused."""
-    service = IntakeService(settings.model_copy(update={"allow_dev_client": False}), store)
-    await service.start(mllp=False)
-    try:
-        transport = httpx.ASGITransport(app=create_app(service))
-        async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as http:
-            yield http
-    finally:
-        await service.stop()
+    async with app_client(settings.model_copy(update={"allow_dev_client": False}), store) as http:
+        yield http
 
 
 async def test_unauthenticated_callers_are_refused(locked_http: httpx.AsyncClient, store: Store) -> None:

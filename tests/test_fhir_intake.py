@@ -19,10 +19,9 @@ from typing import Any
 import httpx
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
+from helpers import app_client
 from pymongo import AsyncMongoClient
 
-from services.intake.app import create_app
-from services.intake.service import IntakeService
 from shared.ids import resource_id
 from shared.settings import Settings
 from shared.store import Document, Store
@@ -456,14 +455,8 @@ async def test_utf8_with_byte_order_mark_is_accepted_and_kept_exactly(http: http
 @pytest.fixture
 async def small_limit_http(settings: Settings, store: Store) -> AsyncIterator[httpx.AsyncClient]:
     """An intake whose size limit (``mllp_max_message_bytes``) is the smallest allowed."""
-    service = IntakeService(settings.model_copy(update={"mllp_max_message_bytes": SMALL_LIMIT}), store)
-    await service.start(mllp=False)
-    try:
-        transport = httpx.ASGITransport(app=create_app(service))
-        async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as client:
-            yield client
-    finally:
-        await service.stop()
+    async with app_client(settings.model_copy(update={"mllp_max_message_bytes": SMALL_LIMIT}), store) as client:
+        yield client
 
 
 @pytest.mark.parametrize("endpoint", ["/fhir/ServiceRequest", "/fhir"])

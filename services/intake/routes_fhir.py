@@ -15,7 +15,7 @@ from shared.fhir import FHIR_JSON, FhirError, Resource, check_content_type, issu
 from shared.fhir import validate as validate_resource
 
 from .capability import SUPPORTED_TYPES, capability_statement
-from .deps import CallerDep, Intake, Peer
+from .deps import CallerDep, Intake, Peer, read_body
 from .fhir_intake import FhirReply
 from .service import IntakeService
 
@@ -74,7 +74,7 @@ async def validate_operation(resource_type: str, request: Request, intake: Intak
     _known_type(resource_type)
     check_content_type(request.headers.get("content-type"))
     limit = intake.settings.mllp_max_message_bytes
-    body, size = await _read_limited(request, limit)
+    body, size = await read_body(request, limit)
     if size > limit:
         raise FhirError(413, "too-costly", f"body of {size} bytes exceeds the limit of {limit} bytes")
     data = parse_json(body)
@@ -100,7 +100,7 @@ async def search_post(resource_type: str, request: Request, intake: Intake) -> F
     if request.method == "POST":
         if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
             raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
-        body, size = await _read_limited(request, 64 * 1024)
+        body, size = await read_body(request, 64 * 1024)
         if size > 64 * 1024:
             raise FhirError(413, "too-costly", "a search form over 64 KiB is not accepted")
         params += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
@@ -141,23 +141,12 @@ def _resource_parameter(parameters: Resource) -> Resource:
     )
 
 
-async def _read_limited(request: Request, limit: int) -> tuple[bytes, int]:
-    """The body's first ``limit + 1`` bytes at most, and the size of the whole body (read, not kept)."""
-    head = bytearray()
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if len(head) <= limit:
-            head += chunk[: limit + 1 - len(head)]
-    return bytes(head), size
-
-
 async def _read_body(
     request: Request, intake: IntakeService, header: dict[str, Any], caller: Caller, peer: str
 ) -> bytes:
     """The request body; ``FhirError`` 413 if it is over the limit (its first bytes are kept as rejected)."""
     limit = intake.settings.mllp_max_message_bytes
-    head, size = await _read_limited(request, limit)
+    head, size = await read_body(request, limit)
     if size > limit:
         raise await intake.fhir.refuse_oversize(head[:limit], size, limit, caller, peer, header)
     return head
