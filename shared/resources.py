@@ -11,7 +11,6 @@ in one transaction) so a resource and the message it came from are stored togeth
 
 from __future__ import annotations
 
-import copy
 from datetime import datetime
 from typing import Any
 
@@ -23,8 +22,12 @@ from .store import Document, Store
 
 
 def stamp(resource: Resource, resource_id: str, version: int, when: datetime, source: str) -> Resource:
-    """A copy of ``resource`` with its id and ``meta`` (versionId, lastUpdated, source) set."""
-    out = copy.deepcopy(resource)
+    """A copy of ``resource`` with its id and ``meta`` (versionId, lastUpdated, source) set.
+
+    The copy is shallow (only ``meta`` is new): callers pass freshly built or parsed resources and do not
+    change them afterwards; a deep copy here was a tenth of the mapper's time.
+    """
+    out = dict(resource)
     out["id"] = resource_id
     meta = dict(out.get("meta") or {})
     meta["versionId"] = str(version)

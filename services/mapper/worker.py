@@ -86,7 +86,18 @@ class MapperWorker:
         }
 
     async def claim(self) -> list[Document]:
-        """Claim up to ``batch_size`` messages, oldest first; returns the documents this worker won."""
+        """Claim up to ``batch_size`` messages, oldest first; returns the documents this worker won.
+
+        Two workers that pick the same oldest messages race for them; the loser looks again at once
+        (not after an idle pause, nor, in burst mode, by stopping while messages are still ready).
+        """
+        for _ in range(5):
+            ids, docs = await self._claim_once()
+            if docs or not ids:
+                return docs
+        return []
+
+    async def _claim_once(self) -> tuple[list[Any], list[Document]]:
         now = self._clock()
         query = self._claimable(now)
         ids = [
@@ -96,7 +107,7 @@ class MapperWorker:
             .limit(self._config.batch_size)
         ]
         if not ids:
-            return []
+            return [], []
         token = f"{self.owner}:{uuid.uuid4().hex[:8]}"
         lease = {"owner": token, "until": now + timedelta(seconds=self._config.lease_s)}
         await self._store.messages.update_many(
@@ -104,7 +115,7 @@ class MapperWorker:
         )
         docs = [d async for d in self._store.messages.find({"lease.owner": token}).sort("received_at", 1)]
         self.stats.claimed += len(docs)
-        return docs
+        return ids, docs
 
     async def run_once(self) -> int:
         """Claim and process one batch; the number of messages processed (0 when none were ready)."""
