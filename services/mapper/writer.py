@@ -20,7 +20,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,7 +53,7 @@ class Written:
     stale: bool = False
 
     def to_doc(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"type": self.type, "id": self.id, "version": self.version, "changed": self.changed, "stale": self.stale}
 
 
 def _key(resource_type: str, resource_id: str) -> str:
@@ -205,28 +205,36 @@ class ResourceWriter:
         now: datetime,
         session: Any,
     ) -> None:
-        updates = []
-        for message, mapping in mapped:
-            processing = {
-                "status": "mapped",
-                "at": now,
-                "resources": [w.to_doc() for w in written[message["_id"]]],
-                "unmapped": mapping.unmapped,
-                "issues": mapping.issues,
-            }
-            updates.append(
-                UpdateOne(
-                    {"_id": message["_id"], "lease.owner": owner},
-                    {
-                        "$set": {"status": "mapped", "processing": processing},
-                        "$unset": {"lease": "", "next_attempt_at": ""},
-                    },
-                )
+        """Mark the batch mapped, if ``owner`` still holds every lease (one ``update_many``: the lease
+        check), then record each message's outcome (updates by ``_id``, cheaper than guarded ones)."""
+        if not mapped:
+            return
+        ids = [message["_id"] for message, _ in mapped]
+        marked = await self._store.messages.update_many(
+            {"_id": {"$in": ids}, "lease.owner": owner},
+            {"$set": {"status": "mapped"}, "$unset": {"lease": "", "next_attempt_at": ""}},
+            session=session,
+        )
+        if marked.matched_count != len(ids):
+            raise LeaseLost(f"{len(ids) - marked.matched_count} message(s) were claimed by another worker")
+        outcomes = [
+            UpdateOne(
+                {"_id": message["_id"]},
+                {
+                    "$set": {
+                        "processing": {
+                            "status": "mapped",
+                            "at": now,
+                            "resources": [w.to_doc() for w in written[message["_id"]]],
+                            "unmapped": mapping.unmapped,
+                            "issues": mapping.issues,
+                        }
+                    }
+                },
             )
-        if updates:
-            outcome = await self._store.messages.bulk_write(updates, ordered=False, session=session)
-            if outcome.matched_count != len(updates):
-                raise LeaseLost(f"{len(updates) - outcome.matched_count} message(s) were claimed by another worker")
+            for message, mapping in mapped
+        ]
+        await self._store.messages.bulk_write(outcomes, ordered=False, session=session)
 
 
 class LeaseLost(Exception):
