@@ -6,6 +6,7 @@ Each step logs what the hub answered, so a newcomer sees intake work end to end.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -24,10 +25,11 @@ def demo_referral(control_id: str, now: datetime) -> bytes:
         f"MSH|^~\\&|WIRRAL-PAS|RBL|MSCC-HUB|REN|{stamp}||REF^I12^REF_I12|{control_id}|P|2.5|||AL|NE||UNICODE UTF-8",
         "RF1|A^Accepted|S^STAT|MSCC^Metastatic spinal cord compression||R^Referral|RBL-2026-0001|"
         f"{stamp[:8]}|||Suspected MSCC: new back pain and leg weakness",
-        "PRD|RP|ONCOLOGY^ACUTE^TEAM|Arrowe Park Hospital^^Wirral^^CH49 5PE|RBL^Wirral University Teaching Hospital",
+        "PRD|RP|ONCOLOGY^ACUTE^TEAM|Arrowe Park Hospital^^Wirral^^CH49 5PE|^^^RBL",
         "PID|1||9449305552^^^NHS^NH~RBL123456^^^RBL^MR||DEMOPATIENT^ALEX^^^MX||19580214|U|||"
         "1 Example Road^^Wirral^^CH49 0AA||0151 000 0000",
         "DG1|1||C79.5^Secondary malignant neoplasm of bone and bone marrow^I10|||W",
+        "OBX|1|ST|NEURO^Neurological status||Bilateral leg weakness since this morning||||||F",
         "NTE|1||Neurology: bilateral leg weakness since this morning; dexamethasone 16 mg given",
     ]
     return "\r".join(segments).encode("utf-8") + b"\r"
@@ -72,3 +74,26 @@ async def send_demo_traffic(settings: Settings, mllp_port: int) -> None:
             log.info(
                 "demo: POST /fhir/ServiceRequest -> %s, Location %s", response.status, response.headers.get("Location")
             )
+        await _show_mapped(session, base)
+
+
+async def _show_mapped(session: aiohttp.ClientSession, base: str) -> None:
+    """Wait (up to 15 s) for the mapper, then show what the referral became through the FHIR API."""
+    for _ in range(60):
+        async with session.get(f"{base}/fhir/CarePlan", params={"status": "active"}) as response:
+            plans = await response.json()
+        if plans.get("total", 0) >= 2:
+            break
+        await asyncio.sleep(0.25)
+    for entry in plans.get("entry", []):
+        plan = entry["resource"]
+        mri = plan["activity"][0]["detail"]
+        due = (mri.get("scheduledPeriod") or {}).get("end", "(no start time)")
+        log.info(
+            "demo: mapped: CarePlan/%s for %s: %s due %s",
+            plan["id"],
+            plan["subject"].get("reference")
+            or "the patient with NHS number " + plan["subject"].get("identifier", {}).get("value", "?"),
+            mri["description"],
+            due,
+        )
