@@ -67,12 +67,13 @@ def test_run_with_demo_traffic_then_stops_cleanly(tmp_path: Path) -> None:
             if not line:
                 break
             lines.append(line)
-            if "POST /fhir/ServiceRequest ->" in line:
+            if "demo: mapped:" in line:  # the mapper ran in the same process
                 break
         output = "".join(lines)
         assert "MSA|CA|DEMO" in output  # the referral, in enhanced mode (MSH-15 AL)
         assert "MSA|AR|" in output  # the message without MSH
         assert "POST /fhir/ServiceRequest -> 201" in output
+        assert "Whole-spine MRI due" in output
     finally:
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=60)
