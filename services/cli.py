@@ -13,21 +13,19 @@ from shared import mongod
 from shared.logging import configure
 from shared.settings import Settings
 
-NOT_YET = (
-    "the {part} is not part of this version yet: resource changes wait in the outbox (status 'ready') "
-    "until it is; 'mscc run' serves intake and the mapper"
-)
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mscc", description="MSCC integration hub")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run intake and the mapper in one process against a local MongoDB it starts")
+    run = sub.add_parser(
+        "run", help="run intake, the mapper and the notifier in one process against a local MongoDB it starts"
+    )
     run.add_argument("--demo", action="store_true", help="send demo traffic once it is up")
     sub.add_parser("intake", help="run intake only (HTTP + MLLP)")
     mapper = sub.add_parser("mapper", help="run the mapper only")
     mapper.add_argument("--burst", action="store_true", help="drain what is ready, then exit")
-    sub.add_parser("notifier", help="run the notifier only")
+    notifier = sub.add_parser("notifier", help="run the notifier only (subscription fan-out and deliveries)")
+    notifier.add_argument("--burst", action="store_true", help="fan out what is ready, deliver what is due, then exit")
     db = sub.add_parser("db", help="the local MongoDB (ignored when MONGODB_URI is set)")
     db.add_argument("action", choices=["start", "stop", "status"])
     messages = sub.add_parser("messages", help="inspect and reprocess stored messages")
@@ -96,8 +94,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(runner.serve(settings, parts=("mapper",)))
         return 0
     if args.command == "notifier":
-        print(f"mscc: {NOT_YET.format(part=args.command)}", file=sys.stderr)
-        return 2
+        if args.burst:
+            print(asyncio.run(runner.drain_notifier(settings)).summary())
+            return 0
+        asyncio.run(runner.serve(settings, parts=("notifier",)))
+        return 0
     if args.command == "db":
         return _db(settings, args.action)
     if args.command == "messages":

@@ -18,6 +18,9 @@ from .intake.app import create_app
 from .intake.service import IntakeService
 from .mapper.service import MapperService, load_mapping
 from .mapper.worker import WorkerStats
+from .notifier.http import client_session
+from .notifier.service import NotifierService, NotifierStats
+from .pathway.scanner import SlaScanner
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ async def database(settings: Settings) -> AsyncIterator[str]:
         log.info("stopped the local MongoDB")
 
 
-PARTS = ("intake", "mapper")
+PARTS = ("intake", "mapper", "notifier")
 
 
 @contextlib.asynccontextmanager
@@ -64,15 +67,22 @@ async def opened_store(settings: Settings) -> AsyncIterator[Store]:
 async def serve(settings: Settings, *, parts: tuple[str, ...] = PARTS, demo: bool = False) -> None:
     """Serve the given parts until SIGINT/SIGTERM; with ``demo``, send demo traffic once intake is up.
 
-    The mapper finishes the batch in hand before the process exits.
+    The mapper finishes the batch in hand, and the notifier the attempts in hand, before the process exits.
     """
     mapping = load_mapping(settings.mapping_file) if "mapper" in parts else None
-    async with opened_store(settings) as store:
+    async with opened_store(settings) as store, contextlib.AsyncExitStack() as stack:
         stop = asyncio.Event()
-        workers = []
+        workers: list[asyncio.Task[object]] = []
         if "mapper" in parts:
             mapper = MapperService(store, mapping=mapping)
             workers.append(asyncio.create_task(mapper.run(stop), name="mapper"))
+            # SLA clocks and MRI-report follow-up run beside the mapper (any number may run: idempotent).
+            scanner = SlaScanner.from_settings(store, settings)
+            workers.append(asyncio.create_task(scanner.run(stop, settings.sla_scan_interval_s), name="pathway"))
+        if "notifier" in parts:
+            session = await stack.enter_async_context(client_session(settings))  # closed after the workers
+            notifier = NotifierService(store, settings, session)
+            workers.append(asyncio.create_task(notifier.run(stop), name="notifier"))
         try:
             if "intake" in parts:
                 await _serve_intake(settings, store, demo)
@@ -88,6 +98,12 @@ async def drain(settings: Settings) -> WorkerStats:
     mapping = load_mapping(settings.mapping_file)  # a bad file fails before any database work
     async with opened_store(settings) as store:
         return await MapperService(store, mapping=mapping).run(asyncio.Event(), burst=True)
+
+
+async def drain_notifier(settings: Settings) -> NotifierStats:
+    """``mscc notifier --burst``: fan out what is ready and deliver what is due now, then return."""
+    async with opened_store(settings) as store, client_session(settings) as session:
+        return await NotifierService(store, settings, session).run(asyncio.Event(), burst=True)
 
 
 async def _wait_for_signal(stop: asyncio.Event) -> None:

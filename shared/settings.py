@@ -6,11 +6,14 @@ variable's name when a value is malformed, and refuses development-only identiti
 
 from __future__ import annotations
 
+import re
+from datetime import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_CLIENT_ID = "dev-client"
 
@@ -67,8 +70,39 @@ class Settings(BaseSettings):
     dev_client_ods: str = "REN"
     allow_dev_client: bool = True
 
+    # Notifier (FHIR rest-hook and HL7v2 MLLP deliveries; docs/notifications.md).
+    # Hosts, addresses or networks (CIDR) a callback may use although they are loopback, link-local or
+    # private, comma-separated (e.g. "127.0.0.1,10.20.0.0/16,engine.trust.nhs.uk"). Empty: public only.
+    notifier_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    notifier_allow_http: bool = False  # plain http:// callbacks (tests, local development)
+    notifier_max_attempts: int = Field(default=12, ge=1, le=100)
+    notifier_max_age_s: float = Field(default=12 * 3600.0, gt=0)
+    notifier_backoff_base_s: float = Field(default=2.0, gt=0)
+    notifier_backoff_max_s: float = Field(default=600.0, gt=0)
+    notifier_retry_after_max_s: float = Field(default=3600.0, gt=0)
+    notifier_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    notifier_lanes: int = Field(default=32, ge=1, le=1024)
+    notifier_retention_days: int = Field(default=30, ge=1)
+
+    # MSCC pathway: service hours (local time, every listed day; 0 = Monday) and the SLA scanner.
+    service_opens: time = time(7, 30)
+    service_closes: time = time(20, 0)
+    service_days: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6])
+    service_time_zone: str = "Europe/London"
+    sla_at_risk_fraction: float = Field(default=0.75, gt=0, lt=1)
+    sla_scan_interval_s: float = Field(default=15.0, gt=0)
+    # A final report whose code (text, display or code) matches this is a whole-spine MRI report.
+    pathway_mri_pattern: str = r"(?i)(\bMRI?\b|magnetic resonance).*\b(whole[- ]?)?spin(e|al)\b|\bMR\s?W?SP\b"
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"
+
+    @field_validator("notifier_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _refuse_dev_identity_in_production(self) -> Settings:
@@ -77,6 +111,44 @@ class Settings(BaseSettings):
                 "MSCC_ENVIRONMENT=production with the default development client: set MSCC_DEV_CLIENT_ID to "
                 "the client this deployment trusts, or MSCC_ALLOW_DEV_CLIENT=false once authentication is on"
             )
+        return self
+
+    @field_validator("service_days", mode="before")
+    @classmethod
+    def _split_days(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("service_days")
+    @classmethod
+    def _weekdays(cls, days: list[int]) -> list[int]:
+        if not days or any(d not in range(7) for d in days):
+            raise ValueError("service days are weekday numbers 0 (Monday) to 6 (Sunday), at least one")
+        return days
+
+    @field_validator("service_time_zone")
+    @classmethod
+    def _zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {name!r}") from exc
+        return name
+
+    @field_validator("pathway_mri_pattern")
+    @classmethod
+    def _pattern(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from exc
+        return pattern
+
+    @model_validator(mode="after")
+    def _service_hours(self) -> Settings:
+        if self.service_opens >= self.service_closes:
+            raise ValueError("MSCC_SERVICE_OPENS must be before MSCC_SERVICE_CLOSES (same day)")
         return self
 
     @property

@@ -7,6 +7,8 @@ Collections:
   resource_history  every version of every resource, ``_id`` = "Type/id/_history/N"
   outbox            one event per resource change, ``_id`` = "Type/id/_history/N"; the notifier claims
                     from here
+  subscriptions     FHIR Subscriptions (rest-hook or MLLP), with their event counter and delivery lane
+  deliveries        one per (subscription, event): event number, status, every attempt; the notifier's queue
 
 Writes that an acknowledgement depends on use write concern majority with journaling, so an
 acknowledged message survives a crash or a failover.
@@ -41,11 +43,13 @@ class Store:
         self.resources: AsyncCollection[Document] = self.db.get_collection("resources", write_concern=DURABLE)
         self.history: AsyncCollection[Document] = self.db.get_collection("resource_history", write_concern=DURABLE)
         self.outbox: AsyncCollection[Document] = self.db.get_collection("outbox", write_concern=DURABLE)
+        self.subscriptions: AsyncCollection[Document] = self.db.get_collection("subscriptions", write_concern=DURABLE)
+        self.deliveries: AsyncCollection[Document] = self.db.get_collection("deliveries", write_concern=DURABLE)
 
     async def ensure_schema(self) -> None:
         """Create collections and indexes; safe to run at every start-up and from many processes."""
         existing = set(await self.db.list_collection_names())
-        for name in ("messages", "resources", "resource_history", "outbox"):
+        for name in ("messages", "resources", "resource_history", "outbox", "subscriptions", "deliveries"):
             if name not in existing:
                 try:
                     await self.db.create_collection(name)
@@ -69,6 +73,25 @@ class Store:
                 IndexModel([("message_id", ASCENDING)], name="message_id"),
             ]
         )
+        await self.subscriptions.create_indexes(
+            [
+                IndexModel([("trust", ASCENDING)], name="trust"),
+                IndexModel([("due_at", ASCENDING)], name="due_at", sparse=True),
+            ]
+        )
+        await self.deliveries.create_indexes(
+            [
+                # Per-subscription order: the head is the lowest event number not yet delivered.
+                IndexModel(
+                    [("subscription_id", ASCENDING), ("event_number", ASCENDING)], name="sub_number", unique=True
+                ),
+                IndexModel(
+                    [("subscription_id", ASCENDING), ("status", ASCENDING), ("event_number", ASCENDING)],
+                    name="sub_status_number",
+                ),
+                IndexModel([("status", ASCENDING)], name="status"),
+            ]
+        )
         await self.history.create_indexes(
             [IndexModel([("type", ASCENDING), ("id", ASCENDING), ("version", ASCENDING)], name="type_id_version")]
         )
@@ -83,6 +106,8 @@ class Store:
                 IndexModel(
                     [("type", ASCENDING), ("resource.requester.identifier.value", ASCENDING)], name="type_requester"
                 ),
+                # The pathway's report follower: DiagnosticReport versions not yet looked at (unset field).
+                IndexModel([("type", ASCENDING), ("pathway_checked", ASCENDING)], name="type_pathway_checked"),
             ]
         )
 

@@ -33,9 +33,12 @@ EXAMPLE_OF = {
     "QuestionnaireResponse": "QuestionnaireResponse-f201.json",
     "Questionnaire": "../../uk-core-r4/json-converted/UKCore-Questionnaire-EOLPlan-Example.json",
     "DiagnosticReport": "../../microsoft-fhir-converter/expected-fhir/LAB-ORU-1-expected.json#DiagnosticReport",
+    "Subscription": "Subscription-example.json",
 }
 # What this server implements; anything else claimed in the CapabilityStatement is a lie.
-IMPLEMENTED = {"create", "read", "vread", "search-type", "history-instance"}
+IMPLEMENTED = {"create", "read", "vread", "search-type", "history-instance", "update", "delete"}
+UPDATABLE = {"ServiceRequest", "Encounter", "CarePlan", "Subscription"}  # PUT with If-Match
+CREATABLE = {"ServiceRequest", "Subscription"}
 
 
 def _example(rtype: str) -> bytes:
@@ -101,12 +104,15 @@ async def test_capability_statement_claims_only_what_exists(http: httpx.AsyncCli
     for rtype, resource in resources.items():
         codes = {i["code"] for i in resource["interaction"]}
         assert codes <= IMPLEMENTED, (rtype, codes)
-        assert not codes & {"update", "patch", "delete", "history-type"}
+        assert not codes & {"patch", "history-type"}
+        assert "update" not in codes or rtype in UPDATABLE, rtype
+        assert "delete" not in codes or rtype == "Subscription", rtype
         for flag in ("conditionalUpdate", "conditionalDelete", "conditionalRead", "updateCreate"):
             assert resource.get(flag) in (None, False, "not-supported"), (rtype, flag)
         assert not resource.get("searchInclude"), rtype
-        if rtype != "ServiceRequest":
+        if rtype not in CREATABLE:
             assert "create" not in codes
+        if rtype != "ServiceRequest":
             assert not resource.get("conditionalCreate")
     [rest] = statement["rest"]
     assert {i["code"] for i in rest["interaction"]} <= {"transaction", "batch"}
@@ -136,10 +142,30 @@ async def test_every_claimed_interaction_answers(http: httpx.AsyncClient, settin
             response = await http.get(f"/fhir/{rtype}/not-there/_history/1")
             assert response.status_code == 404 and response.json()["issue"][0]["code"] == "not-found", rtype
         for operation in resource.get("operation", []):
-            assert operation["name"] == "validate"
-            response = await http.post(f"/fhir/{rtype}/$validate", content=example, headers={"Content-Type": FHIR_JSON})
-            assert response.status_code == 200, (rtype, response.text)
-            assert response.json()["issue"][0]["severity"] == "information"
+            name = operation["name"]
+            if name == "validate":
+                response = await http.post(
+                    f"/fhir/{rtype}/$validate", content=example, headers={"Content-Type": FHIR_JSON}
+                )
+                assert response.status_code == 200, (rtype, response.text)
+                assert response.json()["issue"][0]["severity"] == "information"
+                continue
+            # Instance operations on an unknown id: served (404 not-found), not missing (404 not-supported).
+            method = "GET" if name in ("status", "events") else "POST"
+            response = await http.request(
+                method,
+                f"/fhir/{rtype}/not-there/${name}",
+                json={"resourceType": "Parameters", "parameter": [{"name": "step", "valueCode": "triaged-accepted"}]},
+                headers={"Content-Type": FHIR_JSON},
+            )
+            assert response.status_code == 404, (rtype, name, response.text)
+            assert response.json()["issue"][0]["code"] == "not-found", (rtype, name, response.text)
+        if "update" in codes:
+            response = await http.put(f"/fhir/{rtype}/not-there", content=example, headers={"Content-Type": FHIR_JSON})
+            assert response.status_code in (400, 404, 405, 412, 422, 428), (rtype, response.status_code)
+            assert response.json()["resourceType"] == "OperationOutcome"
+        if rtype == "Subscription":
+            continue  # creation needs an allowed endpoint: tests/test_subscriptions.py covers it
         if "create" in codes:
             response = await http.post(f"/fhir/{rtype}", content=example, headers={"Content-Type": FHIR_JSON})
             assert response.status_code == 201, (rtype, response.text)
@@ -184,7 +210,7 @@ async def test_every_claimed_interaction_answers(http: httpx.AsyncClient, settin
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("PUT", "/fhir/ServiceRequest/x"),  # update
+        ("PUT", "/fhir/Patient/x"),  # update of a type that is never updated
         ("PATCH", "/fhir/ServiceRequest/x"),  # patch
         ("DELETE", "/fhir/ServiceRequest/x"),  # delete
         ("GET", "/fhir/ServiceRequest/_history"),  # history-type

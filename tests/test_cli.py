@@ -96,11 +96,6 @@ def test_production_refuses_the_development_identity(tmp_path: Path) -> None:
     assert result.returncode == 2 and "configuration error" in result.stderr
 
 
-def test_notifier_says_it_is_not_available_yet(tmp_path: Path) -> None:
-    result = mscc(tmp_path, "notifier")
-    assert result.returncode == 2 and "not part of this version yet" in result.stderr
-
-
 def test_mapper_burst_drains_and_exits(tmp_path: Path, mongodb_uri: str) -> None:
     result = mscc(tmp_path, "mapper", "--burst", MONGODB_URI=mongodb_uri, MSCC_DB_NAME=f"cli_{tmp_path.name[-12:]}")
     assert result.returncode == 0, result.stderr

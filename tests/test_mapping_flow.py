@@ -142,3 +142,28 @@ async def test_merge_links_patients_without_losing_either(http: httpx.AsyncClien
     assert any(link["type"] == "replaced-by" for link in merged["link"])
     assert merged["name"][0]["family"] == "GONE"  # its data is kept
     await all_valid(intake)
+
+
+async def test_a_later_referral_message_keeps_the_pathway_step(http: httpx.AsyncClient, intake: IntakeService) -> None:
+    from services.pathway.record import current_step
+
+    await send(intake, ref("I12", "P1", "20261125080000"))
+    await drain(intake)
+    referral = await only(http, "ServiceRequest", requester="Organization/RBL")
+    moved = await http.post(
+        f"/fhir/ServiceRequest/{referral['id']}/$transition",
+        json={
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "step", "valueCode": "triaged-accepted"},
+                {"name": "time", "valueDateTime": "2026-11-25T08:30:00Z"},
+            ],
+        },
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert moved.status_code == 200, moved.text
+    await send(intake, ref("I13", "P2", "20261125093000", priority="R^Routine"))  # knows nothing of the step
+    await drain(intake)
+    updated = await only(http, "ServiceRequest", requester="Organization/RBL")
+    assert int(updated["meta"]["versionId"]) == int(moved.json()["meta"]["versionId"]) + 1  # I13 changed it
+    assert current_step(updated) == "triaged-accepted"

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shared.auth import Unauthenticated
 from shared.fhir import FhirError
 
-from . import routes_fhir, routes_hl7
+from . import routes_fhir, routes_hl7, routes_pathway, routes_subscriptions
 from .deps import Intake
 from .routes_fhir import FhirResponse, metadata, outcome_response
 from .service import IntakeService
@@ -30,6 +30,8 @@ def create_app(service: IntakeService) -> FastAPI:
     )
     app.state.intake = service
     app.include_router(routes_hl7.router)
+    app.include_router(routes_pathway.router)  # before routes_fhir's generic /fhir/{type}/... paths
+    app.include_router(routes_subscriptions.router)  # likewise
     app.include_router(routes_fhir.router)
     app.add_api_route(
         "/metadata",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from services.notifier.capability import subscription_capability
 from shared.fhir import FHIR_JSON, FHIR_VERSION, Resource, validate
 
 from .search import search_params
@@ -12,6 +13,18 @@ UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/"
 VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
 MESSAGE_TRANSPORT = "http://terminology.hl7.org/CodeSystem/message-transport"
 READ_ONLY_TYPES = ("Patient", "Encounter", "CarePlan", "QuestionnaireResponse", "DiagnosticReport", "Questionnaire")
+# Types that also take update (PUT, If-Match required; services/pathway/updates.py).
+UPDATE_TYPES = ("ServiceRequest", "Encounter", "CarePlan")
+UPDATE_DOC = (
+    "update (PUT) requires If-Match with the ETag read (428 without it, 412 when stale) and never creates; the "
+    "MSCC pathway owns the statuses it implies (docs/pathway.md)"
+)
+TRANSITION = {
+    "name": "transition",
+    "definition": "urn:mscc:fhir:OperationDefinition:ServiceRequest-transition",
+    "documentation": "POST ServiceRequest/{id}/$transition with Parameters step (valueCode), time (valueDateTime), "
+    "note, who: moves an MSCC referral along its pathway (docs/pathway.md)",
+}
 SUPPORTED_TYPES = ("ServiceRequest", *READ_ONLY_TYPES)
 
 
@@ -21,27 +34,30 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
         {
             "type": "ServiceRequest",
             "profile": f"{UK_CORE}UKCore-ServiceRequest",
-            "interaction": [{"code": "create"}, *read_only],
-            "versioning": "versioned",
+            "interaction": [{"code": "create"}, {"code": "update"}, *read_only],
+            "versioning": "versioned-update",
             "readHistory": True,
+            "updateCreate": False,
             "conditionalCreate": True,
             "searchParam": search_params("ServiceRequest"),
             "documentation": "create honours If-None-Exist: identifier=system|value; the resource id is "
-            "derived from the first business identifier, so a repeated create is idempotent",
-            "operation": [VALIDATE],
+            f"derived from the first business identifier, so a repeated create is idempotent; {UPDATE_DOC}",
+            "operation": [VALIDATE, TRANSITION],
         },
         *[
             {
                 "type": t,
                 "profile": f"{UK_CORE}UKCore-{t}",
-                "interaction": read_only,
-                "versioning": "versioned",
+                "interaction": [{"code": "update"}, *read_only] if t in UPDATE_TYPES else read_only,
+                "versioning": "versioned-update" if t in UPDATE_TYPES else "versioned",
                 "readHistory": True,
+                **({"updateCreate": False, "documentation": UPDATE_DOC} if t in UPDATE_TYPES else {}),
                 "searchParam": search_params(t),
                 **({"operation": [VALIDATE]} if t != "Questionnaire" else {}),
             }
             for t in READ_ONLY_TYPES
         ],
+        subscription_capability(base_url),
     ]
     statement: Resource = {
         "resourceType": "CapabilityStatement",

@@ -8,6 +8,7 @@ from datetime import datetime
 from shared.settings import Settings
 from shared.store import Store
 
+from ..pathway.service import PathwayService
 from .committer import GroupCommitter
 from .fhir_intake import FhirIntake
 from .fhir_reads import FhirReads
@@ -34,6 +35,7 @@ class IntakeService:
         self.hl7 = Hl7Intake(self.committer, load_policy(settings.senders_file), config, clock)
         self.fhir = FhirIntake(store, self.committer, settings.base_url, clock)
         self.reads = FhirReads(store, settings.base_url)
+        self.pathway = PathwayService(store, clock)
         self.mllp = MllpServer(self.hl7, settings)
 
     async def start(self, *, mllp: bool = True) -> None:

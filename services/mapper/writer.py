@@ -10,7 +10,9 @@ Rules:
 - content that equals the current version (ids, versionId, lastUpdated and source aside) is no change;
 - a message older (MSH-7, Bundle.timestamp) than the one that last changed a resource does not
   overwrite it (out-of-order arrival); it is reported as stale on the processing record;
-- Patient.link entries (merges) are kept when later messages describe the patient without them.
+- Patient.link entries (merges) are kept when later messages describe the patient without them;
+- a referral's pathway step and its history (set by transitions) are kept when a later referral
+  message describes the referral without them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from shared.ids import identifier_key
 from shared.resources import content_of, stamp
 from shared.store import DURABLE, Document, Store
 
+from ..pathway.record import keep_pathway
 from .model import MappingResult, Resource, TransientError
 
 log = logging.getLogger(__name__)
@@ -129,7 +132,8 @@ class ResourceWriter:
         source_time = result.source_time
         if cur and source_time and cur.get("source_time") and source_time < cur["source_time"]:
             return Written(rtype, rid, cur["version"], changed=False, stale=True)
-        resource = _keep_links(cur["resource"] if cur else None, resource)
+        previous = cur["resource"] if cur else None
+        resource = keep_pathway(previous, _keep_links(previous, resource))
         if cur and content_of(cur["resource"]) == content_of(resource):
             return Written(rtype, rid, cur["version"], changed=False)
         version = cur["version"] + 1 if cur else 1

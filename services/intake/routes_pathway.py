@@ -1,0 +1,127 @@
+"""The pathway's FHIR API: POST /fhir/ServiceRequest/{id}/$transition, and PUT (update with If-Match) on
+/fhir/ServiceRequest/{id}, /fhir/Encounter/{id} and /fhir/CarePlan/{id} (one route per type, so PUT on
+other types stays with their own routers).
+
+Registered before the generic /fhir routes. Thin: parsing and rules live in ``services/pathway``.
+Every refusal is an OperationOutcome, and the refused body is kept as a rejected message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+
+from shared.auth import Caller
+from shared.fhir import FhirError, check_content_type, parse_json, validate
+from shared.store import Document
+
+from ..pathway.service import parse_transition
+from ..pathway.updates import UPDATABLE, parse_if_match
+from .deps import CallerDep, Intake, Peer, read_body
+from .routes_fhir import FhirResponse, outcome_response
+from .service import IntakeService
+
+router = APIRouter(prefix="/fhir", tags=["FHIR", "MSCC pathway"])
+
+
+def _resource_response(doc: Document, base_url: str) -> FhirResponse:
+    headers = {
+        "ETag": f'W/"{doc["version"]}"',
+        "Last-Modified": doc["last_updated"].astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        "Content-Location": f"{base_url}/fhir/{doc['type']}/{doc['id']}/_history/{doc['version']}",
+    }
+    return FhirResponse(doc["resource"], status_code=200, headers=headers)
+
+
+async def _body(request: Request, intake: Intake) -> bytes:
+    """The body; ``FhirError`` 415 or 413 (raised before anything is kept: there is nothing to keep)."""
+    check_content_type(request.headers.get("content-type"))
+    limit = intake.settings.mllp_max_message_bytes
+    body, size = await read_body(request, limit)
+    if size > limit:
+        raise FhirError(413, "too-costly", f"body of {size} bytes exceeds the limit of {limit} bytes")
+    return body
+
+
+@router.post(
+    "/ServiceRequest/{referral_id}/$transition",
+    summary="Move an MSCC referral to a pathway step",
+    response_class=FhirResponse,
+)
+async def transition(
+    referral_id: str,
+    request: Request,
+    intake: Intake,
+    caller: CallerDep,
+    peer: Peer,
+    if_match: Annotated[str | None, Header()] = None,
+) -> FhirResponse:
+    """Parameters step / time / note / who -> the updated referral (200, ETag). Refusals: 400, 404,
+    409 (the OperationOutcome names the allowed steps), 412 (If-Match), 422."""
+    body = await _body(request, intake)
+    header = {"interaction": "operation", "operation": "$transition", "resource_type": "ServiceRequest"}
+    try:
+        parameters = validate(parse_json(body), "Parameters")
+        ask = parse_transition(parameters)
+        expected = parse_if_match(if_match) if if_match is not None else None
+        result = await intake.pathway.transition(referral_id, ask, expected, body, caller, peer)
+    except FhirError as error:
+        await intake.fhir.keep_rejected(body, error, caller, peer, {**header, "id": referral_id})
+        raise
+    return _resource_response(result.request, intake.settings.base_url)
+
+
+async def _update(
+    resource_type: str,
+    resource_id: str,
+    request: Request,
+    intake: IntakeService,
+    caller: Caller,
+    peer: str,
+    if_match: str | None,
+) -> FhirResponse:
+    """A new version of a ServiceRequest, Encounter or CarePlan. Refusals: 400, 405 (an id that does
+    not exist: update never creates), 409, 412, 422, 428 (no If-Match)."""
+    if await intake.store.resources.find_one({"_id": f"{resource_type}/{resource_id}"}, {"_id": 1}) is None:
+        # FHIR: 405 when the resource did not exist and the server does not take client-defined ids.
+        error = FhirError(405, "not-supported", f"{resource_type}/{resource_id} does not exist: update never creates")
+        return outcome_response(error, {"Allow": "GET"})
+    body = await _body(request, intake)
+    header = {"interaction": "update", "resource_type": resource_type, "id": resource_id}
+    try:
+        expected = parse_if_match(if_match)
+        resource = validate(parse_json(body), resource_type)
+        result = await intake.pathway.update(resource, resource_type, resource_id, expected, body, caller, peer)
+    except FhirError as error:
+        await intake.fhir.keep_rejected(body, error, caller, peer, header)
+        raise
+    return _resource_response(result.current, intake.settings.base_url)
+
+
+def _update_route(resource_type: str) -> Callable[..., Awaitable[FhirResponse]]:
+    async def update(
+        resource_id: str,
+        request: Request,
+        intake: Intake,
+        caller: CallerDep,
+        peer: Peer,
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> FhirResponse:
+        return await _update(resource_type, resource_id, request, intake, caller, peer, if_match)
+
+    return update
+
+
+# One route per type, not /{type}/{id}: other routers own PUT on their own types (e.g. Subscription).
+for _type in UPDATABLE:
+    router.add_api_route(
+        f"/{_type}/{{resource_id}}",
+        _update_route(_type),
+        methods=["PUT"],
+        summary=f"Update a {_type} (If-Match required)",
+        response_class=FhirResponse,
+        operation_id=f"update_{_type}",
+    )

@@ -1,0 +1,106 @@
+"""The topics a subscription can name, and which events belong to each.
+
+R4 has no SubscriptionTopic resource: a topic is a canonical URL, ``{base}/fhir/SubscriptionTopic/{code}``,
+advertised in the CapabilityStatement (backport ``capabilitystatement-subscriptiontopic-canonical``) and
+described in docs/notifications.md. Nothing is served at that URL.
+
+    referral-status  a ServiceRequest is created, or its status or MSCC pathway step changes; every
+                     "transition" event (a pathway step recorded), whatever its focus
+    hna-completed    a QuestionnaireResponse (the Holistic Needs Assessment) becomes "completed"
+    sla              every "sla" event (out-of-hours, at-risk, breached)
+
+An update that changes nothing a topic is about (a profile added, a note edited) notifies no one: the
+previous version of the focus is compared with the event's version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.fhir import Resource
+
+from .backport import hub_url
+from .model import ChangeEvent
+
+# The pathway step extension, as services/pathway/record.py writes it on the referral ServiceRequest.
+PATHWAY_STEP_URL = "urn:mscc:fhir:StructureDefinition:pathway-step"
+
+
+@dataclass(frozen=True)
+class Topic:
+    code: str
+    title: str
+    description: str
+    # Resource types a filter of this topic may name. A ServiceRequest filter on an event about another
+    # resource is evaluated on the referrals that resource belongs to (see ``matching``).
+    filter_types: tuple[str, ...]
+
+
+TOPICS: dict[str, Topic] = {
+    t.code: t
+    for t in (
+        Topic(
+            "referral-status",
+            "MSCC referral status",
+            "A referral (ServiceRequest) is created, its status or its MSCC pathway step changes, or a "
+            "pathway transition is recorded.",
+            ("ServiceRequest",),
+        ),
+        Topic(
+            "hna-completed",
+            "Holistic Needs Assessment completed",
+            "A QuestionnaireResponse (the Holistic Needs Assessment) is stored with status completed.",
+            ("QuestionnaireResponse", "ServiceRequest"),
+        ),
+        Topic(
+            "sla",
+            "MSCC SLA events",
+            "A referral's NICE NG234 clock event: out-of-hours arrival, at risk, or breached.",
+            ("ServiceRequest",),
+        ),
+    )
+}
+
+
+def topic_url(base_url: str, code: str) -> str:
+    return hub_url(base_url, "SubscriptionTopic", code)
+
+
+def topic_of(criteria: str, base_url: str) -> Topic | None:
+    """The topic whose canonical URL is ``criteria`` (a ``|version`` suffix is ignored)."""
+    canonical = criteria.split("|", 1)[0].strip()
+    for topic in TOPICS.values():
+        if canonical == topic_url(base_url, topic.code):
+            return topic
+    return None
+
+
+def _step(resource: Resource) -> Any:
+    for ext in resource.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == PATHWAY_STEP_URL:
+            return ext.get("valueCode")
+    return None
+
+
+def triggered(code: str, event: ChangeEvent, current: Resource | None, previous: Resource | None) -> bool:
+    """Whether ``event`` belongs to topic ``code``. ``current`` is the focus at the event's version and
+    ``previous`` the version before (None when unknown: the event then counts, as losing a status
+    change is worse than a duplicate)."""
+    if code == "sla":
+        return event.kind == "sla"
+    if event.kind == "sla":
+        return False
+    if code == "referral-status":
+        if event.kind == "transition":
+            return True
+        if event.focus.type != "ServiceRequest":
+            return False
+        if event.kind == "created" or current is None or previous is None:
+            return True
+        return (current.get("status"), _step(current)) != (previous.get("status"), _step(previous))
+    if code == "hna-completed":
+        if event.focus.type != "QuestionnaireResponse" or event.kind == "transition" or current is None:
+            return False
+        return current.get("status") == "completed" and (previous is None or previous.get("status") != "completed")
+    return False
