@@ -33,6 +33,8 @@ from services.notifier.backport import CHANNEL_TYPE, FILTER_CRITERIA, PAYLOAD_CO
 from services.notifier.fanout import FanOut
 from services.notifier.hl7 import control_id
 from services.notifier.http import client_session
+from services.notifier.model import Delivery
+from services.notifier.notification import notification_event
 from services.notifier.service import NotifierService
 from services.notifier.signing import verify
 from services.notifier.subscriptions import SubscriptionService
@@ -630,6 +632,28 @@ async def test_topics_and_filters_decide_who_gets_what(
     [transition] = [d for d in await deliveries(store, status_rbl) if d["event"]["kind"] == "transition"]
     assert transition["event"]["detail"] == {"step": "mri-requested", "previous_step": "triaged-accepted"}
     assert [d["event_number"] for d in await deliveries(store, status_rbl)] == [1, 2, 3, 4]
+
+
+async def test_out_of_hours_notification_tells_when_the_team_picks_the_referral_up(
+    store: Store, settings: Settings, clock: Clock, receiver: Receiver
+) -> None:
+    sla_rbl, _ = await subscribe(store, settings, clock, subscription(settings, receiver.url, topic="sla"))
+    await change(store, clock, referral("sr1", 1))
+    pickup = datetime(2026, 11, 26, 7, 30, tzinfo=UTC)
+    event = {
+        "kind": "sla",
+        "sla_event": "out-of-hours",
+        "focus": "ServiceRequest/sr1/_history/1",
+        "at": clock.now,
+        "pickup": pickup,
+    }
+    await store.outbox.insert_one({"_id": "sla:sr1:out-of-hours", **event, "created_at": clock.now, "status": "ready"})
+    await FanOut(store, clock).run_once()
+    [delivery] = [d for d in await deliveries(store, sla_rbl) if d["event"]["kind"] == "sla"]
+    item = notification_event(Delivery.from_doc(delivery), settings.base_url, "id-only")
+    [detail] = item["extension"]
+    assert {"url": "pickup", "valueDateTime": "2026-11-26T07:30:00.000Z"} in detail["extension"]
+    assert {"url": "sla-event", "valueCode": "out-of-hours"} in detail["extension"]
 
 
 async def test_concurrent_fan_out_numbers_every_event_once_in_outbox_order(

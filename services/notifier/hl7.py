@@ -68,6 +68,8 @@ def _notes(delivery: Delivery, topic: str, focus: Resource | None) -> list[str]:
         lines.append(f"Pathway step: {event.detail['step']}" + (f" (was {previous})" if previous else ""))
     if event.detail.get("sla_event"):
         lines.append(f"SLA: {event.detail['sla_event']}")
+    if event.detail.get("pickup"):
+        lines.append(f"Received out of hours: the MSCC team will pick it up at {event.detail['pickup']}")
     lines.append(f"Event {delivery.event_number}, id {delivery.event_id}, at {_ts(event.occurred_at)}")
     return lines
 

@@ -22,7 +22,9 @@ DELIVERING: tuple[Status, ...] = ("requested", "active")
 
 DeliveryStatus = Literal["pending", "delivered", "dead", "skipped"]
 # Event fields copied from an outbox event into its deliveries (transition and SLA events).
-DETAIL_KEYS = ("step", "previous_step", "sla_event", "deadline")
+# Event facts carried to subscribers; ``pickup`` is when the team will pick up an out-of-hours referral.
+DETAIL_KEYS = ("step", "previous_step", "sla_event", "deadline", "pickup")
+DATETIME_DETAILS = ("deadline", "pickup")
 
 
 def utc(value: datetime) -> datetime:

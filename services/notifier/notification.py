@@ -21,7 +21,7 @@ from shared.fhir import Resource
 from shared.ids import NAMESPACE
 
 from .backport import NOTIFICATION_PROFILE, STATUS_PROFILE, event_detail_extension
-from .model import Delivery, PayloadContent, Status, instant
+from .model import DATETIME_DETAILS, Delivery, PayloadContent, Status, instant
 from .topics import topic_url
 
 NotificationType = str  # handshake | heartbeat | event-notification | query-status | query-event
@@ -54,7 +54,7 @@ def _detail(delivery: Delivery, base_url: str) -> list[dict[str, Any]]:
         return []
     parts: list[dict[str, Any]] = [{"url": "kind", "valueCode": event.kind}]
     for key, value in sorted(event.detail.items()):
-        kind = "valueDateTime" if key == "deadline" else "valueCode"
+        kind = "valueDateTime" if key in DATETIME_DETAILS else "valueCode"
         parts.append({"url": key.replace("_", "-"), kind: value})
     return [{"url": event_detail_extension(base_url), "extension": parts}]
 
