@@ -72,6 +72,8 @@ def segment_spans(data: bytes, start: int = 0) -> list[SegmentSpan]:
     only when what follows starts like a segment (``[A-Z][A-Z0-9]{2}`` then the field separator or the
     line's end): senders that wrap long text with line feeds keep their text in its field.
     """
+    if b"\n" not in data:
+        return _cr_spans(data, start)
     fs = field_separator_of(data)
     boundary = re.compile(rb"\r\n?|\n(?=[A-Z][A-Z0-9]{2}(?:" + re.escape(fs) + rb"|\r|\n|$))")
     spans: list[SegmentSpan] = []
@@ -83,6 +85,20 @@ def segment_spans(data: bytes, start: int = 0) -> list[SegmentSpan]:
         _add_span(data, pos, match.start(), match.end(), spans)
         pos = match.end()
     _add_span(data, pos, len(data), len(data), spans)
+    return spans
+
+
+def _cr_spans(data: bytes, start: int) -> list[SegmentSpan]:
+    """The common case, segments ended by CR alone: a plain split (the hot path of intake)."""
+    spans: list[SegmentSpan] = []
+    pos = start
+    size = len(data)
+    for piece in data[start:].split(b"\r"):
+        end = pos + len(piece)
+        if piece and not piece.isspace():
+            lead = len(piece) - len(piece.lstrip(b" \t"))
+            spans.append(SegmentSpan(pos + lead, end, min(end + 1, size)))
+        pos = end + 1
     return spans
 
 

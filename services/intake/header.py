@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from shared.er7 import UTF8_BOM, SegmentSpan, Separators, first_component
@@ -105,12 +104,12 @@ class MessageHeader:
     def message_code(self) -> str:
         return self.first(9)
 
-    @cached_property
+    @property
     def trigger_event(self) -> str:
         parts = self.get(9).split(self.separators.component)
         return parts[1] if len(parts) > 1 else ""
 
-    @cached_property
+    @property
     def message_type(self) -> str:
         return f"{self.message_code}^{self.trigger_event}" if self.trigger_event else self.message_code
 
@@ -122,30 +121,30 @@ class MessageHeader:
     def processing_id(self) -> str:
         return self.first(11)
 
-    @cached_property
+    @property
     def version(self) -> str:
         """MSH-12's version id: its leading ``d.d[.d]`` (anything after it is reported, not trusted)."""
         raw = self.first(12).strip()
         match = _VERSION.match(raw)
         return match.group(0) if match else raw
 
-    @cached_property
+    @property
     def accept_ack_type(self) -> str:
         """MSH-15 if it is a table 0155 code (AL, NE, ER, SU); blank or other values count as empty."""
         value = self.get(15).strip().upper()
         return value if value in ACK_TYPES else ""
 
-    @cached_property
+    @property
     def application_ack_type(self) -> str:
         value = self.get(16).strip().upper()
         return value if value in ACK_TYPES else ""
 
-    @cached_property
+    @property
     def enhanced_mode(self) -> bool:
         """Enhanced acknowledgement mode when MSH-15 or MSH-16 holds a table 0155 code (HL7 v2 2.9.3)."""
         return bool(self.accept_ack_type or self.application_ack_type)
 
-    @cached_property
+    @property
     def charset(self) -> str:
         return self.get(18).split(self.separators.repetition, 1)[0].strip().upper()
 
