@@ -44,6 +44,7 @@ from typing import Any
 
 from pymongo import IndexModel
 
+from services.runner import run as hub_run
 from shared.mllp import Frame, FrameDecoder, frame
 from shared.mongod import LocalMongod, find_mongod
 from shared.settings import Settings
@@ -992,7 +993,7 @@ async def run(opts: Options, uri: str, mongod_pid: int | None, profile: str | No
 def main(argv: list[str] | None = None) -> int:
     args, opts = parse_args(argv)
     if args.serve_intake:
-        asyncio.run(serve_intake_child(args.uri, args.db, args.profile_intake))
+        hub_run(serve_intake_child(args.uri, args.db, args.profile_intake))  # the hub's own event loop
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -81,30 +80,30 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from . import runner, tools
 
     if args.command == "run":
-        asyncio.run(runner.serve(settings, demo=args.demo))
+        runner.run(runner.serve(settings, demo=args.demo))
         return 0
     if args.command == "intake":
-        asyncio.run(runner.serve(settings, parts=("intake",)))
+        runner.run(runner.serve(settings, parts=("intake",)))
         return 0
     if args.command == "mapper":
         if args.burst:
-            stats = asyncio.run(runner.drain(settings))
+            stats = runner.run(runner.drain(settings))
             print(f"mapped {stats.mapped}, failed {stats.failed}, retrying {stats.retried}, dead {stats.dead}")
             return 0
-        asyncio.run(runner.serve(settings, parts=("mapper",)))
+        runner.run(runner.serve(settings, parts=("mapper",)))
         return 0
     if args.command == "notifier":
         if args.burst:
-            print(asyncio.run(runner.drain_notifier(settings)).summary())
+            print(runner.run(runner.drain_notifier(settings)).summary())
             return 0
-        asyncio.run(runner.serve(settings, parts=("notifier",)))
+        runner.run(runner.serve(settings, parts=("notifier",)))
         return 0
     if args.command == "db":
         return _db(settings, args.action)
     if args.command == "messages":
-        return asyncio.run(tools.messages(settings, args.action, args.record, args.status, args.limit))
+        return runner.run(tools.messages(settings, args.action, args.record, args.status, args.limit))
     if args.command == "replay":
-        return asyncio.run(tools.replay(args.files, args.host, args.port or settings.mllp_port))
+        return runner.run(tools.replay(args.files, args.host, args.port or settings.mllp_port))
     return 2
 
 
