@@ -60,7 +60,7 @@ def settings(tmp_path: Path) -> Settings:
         state_dir=tmp_path / "state",
         notifier_allowed_hosts=["127.0.0.1"],
         notifier_allow_http=True,
-        notifier_timeout_s=0.4,
+        notifier_timeout_s=1.0,  # long enough for a loaded machine; the hang tests wait this long
         notifier_max_attempts=4,
         notifier_backoff_base_s=1.0,
         notifier_backoff_max_s=60.0,
