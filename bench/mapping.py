@@ -33,7 +33,6 @@ import io
 import json
 import math
 import os
-import platform
 import pstats
 import random
 import sys
@@ -48,10 +47,10 @@ from pathlib import Path
 from typing import Any
 
 import bson
+from _common import banner, finish, guarded, local_mongodb
 from pymongo import IndexModel, InsertOne, UpdateOne
 
 from shared.auth import Caller
-from shared.mongod import LocalMongod, find_mongod
 from shared.settings import Settings
 from shared.store import DURABLE, Document, Store, connect
 
@@ -1162,44 +1161,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_mapper:
         asyncio.run(serve_mapper_child(args.uri, args.db, args.batch_size, args.profile_out))
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    print(
-        f"mapping bench: {platform.python_implementation()} {platform.python_version()}, {cores} cores, "
-        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on this machine skews figures)"
-    )
-    if os.getloadavg()[0] >= cores * 0.5:
-        print(
-            f"NOTE: load average {os.getloadavg()[0]:.2f} on {cores} cores: other processes are busy, figures will vary"
-        )
+    cores = banner("mapping bench")
     started = time.perf_counter()
-    uri = os.environ.get("MONGODB_URI")
-    mongod: LocalMongod | None = None
-    tmp: tempfile.TemporaryDirectory[str] | None = None
-    try:
-        if not uri:
-            cache = Path(os.environ.get("MSCC_CACHE_DIR", Path.home() / ".cache" / "mscc"))
-            tmp = tempfile.TemporaryDirectory(prefix="mscc-bench-mongod-")
-            mongod = LocalMongod(find_mongod(cache), Path(tmp.name) / "db", cache_gb=0.25)
-            # its own session: a Ctrl-C in the terminal reaches only this process, which then cleans up in order
-            mongod.start(detach=True)
-            uri = mongod.uri
-        pid = mongod.process.pid if mongod and mongod.process else None
+    with local_mongodb() as (uri, pid):
         ok = asyncio.run(run(opts, args.workload_list, uri, pid, cores))
-    finally:
-        if mongod is not None:
-            mongod.stop()
-        if tmp is not None:
-            tmp.cleanup()
-    print(
-        f"\ndone in {time.perf_counter() - started:.0f} s; load average now "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
-    )
-    return 0 if ok else 1
+    return finish(started, ok)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted (the databases, the mapper children and the mongod were cleaned up)", file=sys.stderr)
-        sys.exit(130)
+    guarded(main, "the databases, the mapper children and the mongod")

@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,6 +39,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from _common import banner, finish, guarded, local_mongodb
 
 HOST = "127.0.0.1"
 SCRIPT = str(Path(__file__).resolve())
@@ -531,42 +532,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_receiver:
         asyncio.run(serve_receiver())
         return 0
-    from shared.mongod import LocalMongod, find_mongod
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(
-        f"notifier bench: {platform.python_implementation()} {platform.python_version()}, {cores} cores, "
-        f"load average {load} (other work on this machine skews figures)"
-    )
+    banner("notifier bench")
     started = time.perf_counter()
-    uri = os.environ.get("MONGODB_URI")
-    mongod: LocalMongod | None = None
-    tmp: tempfile.TemporaryDirectory[str] | None = None
-    try:
-        if not uri:
-            cache = Path(os.environ.get("MSCC_CACHE_DIR", Path.home() / ".cache" / "mscc"))
-            tmp = tempfile.TemporaryDirectory(prefix="mscc-bench-mongod-")
-            mongod = LocalMongod(find_mongod(cache), Path(tmp.name) / "db", cache_gb=0.25)
-            mongod.start(detach=True)
-            uri = mongod.uri
-        pid = mongod.process.pid if mongod and mongod.process else None
+    with local_mongodb() as (uri, pid):
         ok = asyncio.run(run(opts, uri, pid))
-    finally:
-        if mongod is not None:
-            mongod.stop()
-        if tmp is not None:
-            tmp.cleanup()
-    print(
-        f"\ndone in {time.perf_counter() - started:.0f} s; load average now "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
-    )
-    return 0 if ok else 1
+    return finish(started, ok)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted (the database, the receiver child and the mongod were cleaned up)", file=sys.stderr)
-        sys.exit(130)
+    guarded(main, "the database, the receiver child and the mongod")
