@@ -51,20 +51,18 @@ NHS = "https://fhir.nhs.uk/Id/nhs-number"
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        _env_file=None,
-        db_name=f"test_{uuid.uuid4().hex[:12]}",
-        mllp_port=0,
-        http_port=0,
-        state_dir=tmp_path / "state",
-        notifier_allowed_hosts=["127.0.0.1"],
-        notifier_allow_http=True,
-        notifier_timeout_s=1.0,  # long enough for a loaded machine; the hang tests wait this long
-        notifier_max_attempts=4,
-        notifier_backoff_base_s=1.0,
-        notifier_backoff_max_s=60.0,
-        notifier_max_age_s=3600.0,
+def settings(settings: Settings) -> Settings:
+    """The suite's settings, with loopback http receivers allowed and retries quick enough to test."""
+    return settings.model_copy(
+        update=dict(
+            notifier_allowed_hosts=["127.0.0.1"],
+            notifier_allow_http=True,
+            notifier_timeout_s=1.0,  # long enough for a loaded machine; the hang tests wait this long
+            notifier_max_attempts=4,
+            notifier_backoff_base_s=1.0,
+            notifier_backoff_max_s=60.0,
+            notifier_max_age_s=3600.0,
+        )
     )
 
 

@@ -35,16 +35,9 @@ HOOK = "http://127.0.0.1:9/hook"  # never called here: only checked
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        _env_file=None,
-        db_name=f"test_{uuid.uuid4().hex[:12]}",
-        mllp_port=0,
-        http_port=0,
-        state_dir=tmp_path / "state",
-        notifier_allowed_hosts=["127.0.0.1"],
-        notifier_allow_http=True,
-    )
+def settings(settings: Settings) -> Settings:
+    """The suite's settings, with loopback http callbacks allowed (the receivers are local)."""
+    return settings.model_copy(update={"notifier_allowed_hosts": ["127.0.0.1"], "notifier_allow_http": True})
 
 
 def subscription(settings: Settings, endpoint: str = HOOK, trust: str = "RBL", **channel: Any) -> dict[str, Any]:
