@@ -74,6 +74,26 @@ async def _backoff(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
 
 
+def fhir_record(
+    record_id: str, now: datetime, body: bytes, caller: dict[str, Any] | None, peer: str | None, header: dict[str, Any]
+) -> Document:
+    """The ``messages`` document every FHIR request body starts as (its exact bytes kept)."""
+    return {
+        "_id": record_id,
+        "received_at": now,
+        "protocol": "fhir",
+        "channel": "http",
+        "peer": peer or "unknown",
+        "caller": caller,
+        "raw": body,
+        "size": len(body),
+        "text": body.decode("utf-8", errors="replace"),
+        "charset": "utf-8",
+        "header": header,
+        "attempts": 0,
+    }
+
+
 def parse_if_none_exist(value: str) -> tuple[str, str]:
     """``identifier=system|value`` -> (system, value); ``FhirError`` 400 for anything else."""
     params = parse_qsl(value.lstrip("?"), keep_blank_values=True)
@@ -96,20 +116,7 @@ class FhirIntake:
         self._clock = clock or (lambda: datetime.now(UTC))
 
     def _record(self, body: bytes, caller: Caller, peer: str, header: dict[str, Any]) -> Document:
-        return {
-            "_id": new_id(),
-            "received_at": self._clock(),
-            "protocol": "fhir",
-            "channel": "http",
-            "peer": peer,
-            "caller": caller.to_doc(),
-            "raw": body,
-            "size": len(body),
-            "text": body.decode("utf-8", errors="replace"),
-            "charset": "utf-8",
-            "header": header,
-            "attempts": 0,
-        }
+        return fhir_record(new_id(), self._clock(), body, caller.to_doc(), peer, header)
 
     async def keep_rejected(
         self, body: bytes, error: FhirError, caller: Caller, peer: str, header: dict[str, Any]

@@ -17,6 +17,7 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
+from services.intake.fhir_intake import fhir_record
 from shared.fhir import Resource, business_identifiers, validate
 from shared.ids import identifier_key
 from shared.resources import stamp
@@ -123,18 +124,7 @@ def applied_record(
 ) -> Document:
     """The ``messages`` document of an inbound request applied directly (not queued for the mapper)."""
     return {
-        "_id": record_id,
-        "received_at": now,
-        "protocol": "fhir",
-        "channel": "http",
-        "peer": peer or "unknown",
-        "caller": caller,
-        "raw": body,
-        "size": len(body),
-        "text": body.decode("utf-8", errors="replace"),
-        "charset": "utf-8",
-        "header": header,
-        "attempts": 0,
+        **fhir_record(record_id, now, body, caller, peer, header),
         "status": "applied",
         "issues": [],
         "processing": {"status": "applied", "at": now, "resources": resources},
