@@ -38,7 +38,7 @@ from ..pathway.record import keep_pathway
 from .model import MappingResult, Resource, TransientError
 
 log = logging.getLogger(__name__)
-ATTEMPTS = 6
+ATTEMPTS = 10  # hot resources (one patient, many messages) make concurrent writers conflict
 
 
 class Conflict(Exception):
