@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -12,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from shared.mongod import LocalMongod, find_mongod
+from shared.settings import Settings
 
 
 def cores() -> int:
@@ -67,3 +70,47 @@ def guarded(main: Callable[[], int], cleaned: str) -> None:
     except KeyboardInterrupt:
         print(f"\ninterrupted ({cleaned} were cleaned up)", file=sys.stderr)
         sys.exit(130)
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` from /proc (NaN where unavailable)."""
+    if pid is None:
+        return math.nan
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return math.nan
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``values``; NaN when there are none."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted, or "-" (as wide as the spec says) where it is missing or NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        width = re.match(r"[<>^]?(\d*)", spec)
+        return "-".rjust(int(width.group(1))) if width and width.group(1) else "-"
+    return format(value, spec)
+
+
+def intake_settings(db_name: str, state_dir: Path, host: str = "127.0.0.1") -> Settings:
+    """Settings for an intake run by a benchmark: loopback, free ports, quiet logs."""
+    return Settings(
+        _env_file=None,
+        db_name=db_name,
+        mllp_host=host,
+        mllp_port=0,
+        http_port=0,
+        state_dir=state_dir,
+        log_level="WARNING",
+    )

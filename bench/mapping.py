@@ -32,7 +32,6 @@ import cProfile
 import io
 import json
 import math
-import os
 import pstats
 import random
 import sys
@@ -47,11 +46,10 @@ from pathlib import Path
 from typing import Any
 
 import bson
-from _common import banner, finish, guarded, local_mongodb
+from _common import banner, finish, fmt, guarded, intake_settings, local_mongodb, proc_cpu_s
 from pymongo import IndexModel, InsertOne, UpdateOne
 
 from shared.auth import Caller
-from shared.settings import Settings
 from shared.store import DURABLE, Document, Store, connect
 
 HOST = "127.0.0.1"
@@ -199,18 +197,6 @@ class MessageFactory:
 # --------------------------------------------------------------------------------------------------
 # Storing through the real intake (not timed)
 # --------------------------------------------------------------------------------------------------
-
-
-def intake_settings(db_name: str, state_dir: Path) -> Settings:
-    return Settings(
-        _env_file=None,
-        db_name=db_name,
-        mllp_host=HOST,
-        mllp_port=0,
-        http_port=0,
-        state_dir=state_dir,
-        log_level="WARNING",
-    )
 
 
 async def store_via_intake(store: Store, db_name: str, messages: list[bytes], tasks: int = 64) -> Counter[str]:
@@ -452,19 +438,6 @@ class MapperChild:
 # --------------------------------------------------------------------------------------------------
 # CPU of other processes (mongod) from /proc
 # --------------------------------------------------------------------------------------------------
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def proc_cpu_s(pid: int | None) -> float:
-    if not pid:
-        return math.nan
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return math.nan
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 # --------------------------------------------------------------------------------------------------
@@ -954,10 +927,6 @@ def profile_summary(stats_path: str, text_path: str) -> list[tuple[str, float]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _f(value: float, fmt: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
-
-
 def report(rows: list[Row], raw: list[RawRow], cores: int) -> bool:
     head = (
         f"{'workload':<9} {'procs':>5} {'batch':>5} {'messages':>8} {'seconds':>8} {'msg/s':>7} {'resources':>9} "
@@ -973,8 +942,8 @@ def report(rows: list[Row], raw: list[RawRow], cores: int) -> bool:
         n = max(r.mapped, 1)
         print(
             f"{r.workload + ('*' if r.profiled else ''):<9} {r.procs:>5} {r.batch:>5} {r.mapped:>8} {r.seconds:>8.2f} "
-            f"{r.rate:>7.0f} {r.resources:>9} {r.resource_rate:>7.0f} {_f(r.mapper_cpu_s * 1000 / n, '13.2f')} "
-            f"{_f(r.mongod_cpu_s * 1000 / n, '16.2f')} {'OK' if r.ok else 'FAIL':>5}"
+            f"{r.rate:>7.0f} {r.resources:>9} {r.resource_rate:>7.0f} {fmt(r.mapper_cpu_s * 1000 / n, '13.2f')} "
+            f"{fmt(r.mongod_cpu_s * 1000 / n, '16.2f')} {'OK' if r.ok else 'FAIL':>5}"
         )
     if any(r.profiled for r in rows):
         print("  * profiled run (cProfile slows it): not counted for the target")

@@ -41,12 +41,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import banner, finish, guarded, local_mongodb
+from _common import banner, finish, fmt, guarded, intake_settings, local_mongodb, percentile, proc_cpu_s
 from pymongo import IndexModel
 
 from services.runner import run as hub_run
 from shared.mllp import Frame, FrameDecoder, frame
-from shared.settings import Settings
 from shared.store import DURABLE, Document, Store, connect
 
 HOST = "127.0.0.1"
@@ -145,13 +144,6 @@ def ack_of(reply: bytes) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
-
-
 @dataclass
 class Result:
     name: str
@@ -189,20 +181,6 @@ class Result:
 # CPU accounting (to see who burns the 2 cores)
 # --------------------------------------------------------------------------------------------------
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def proc_cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of ``pid`` from /proc (NaN where unavailable)."""
-    if pid is None:
-        return math.nan
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return math.nan
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
 
 class CpuMeter:
     def __init__(self, pids: dict[str, int | None]) -> None:
@@ -223,18 +201,6 @@ class CpuMeter:
 # --------------------------------------------------------------------------------------------------
 # The intake under test: in a child process, or in this process
 # --------------------------------------------------------------------------------------------------
-
-
-def intake_settings(db_name: str, state_dir: Path) -> Settings:
-    return Settings(
-        _env_file=None,
-        db_name=db_name,
-        mllp_host=HOST,
-        mllp_port=0,
-        http_port=0,
-        state_dir=state_dir,
-        log_level="WARNING",
-    )
 
 
 class CommitProbe:
@@ -812,10 +778,6 @@ class Bench:
 # --------------------------------------------------------------------------------------------------
 
 
-def _f(value: float, fmt: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
-
-
 def report(results: list[Result], total_sent: int, total_ready: int) -> bool:
     base = {
         "sequential": next((r for r in results if r.where == "db" and r.conns == 1), None),
@@ -837,8 +799,8 @@ def report(results: list[Result], total_sent: int, total_ready: int) -> bool:
         store = "" if r.store_ok is None else ("OK" if r.store_ok else "FAIL")
         print(
             f"{r.name:<44} {r.where:<7} {r.conns:>5} {r.sent:>6} {r.seconds:>6.2f} {r.rate:>7.0f} "
-            f"{_f(r.ms(0.5), '6.1f')} {_f(r.ms(0.99), '6.1f')} {_f(r.max_ms, '6.1f')} {ratio:>14} "
-            f"{_f(batch, '5.1f')} {store:>5}"
+            f"{fmt(r.ms(0.5), '6.1f')} {fmt(r.ms(0.99), '6.1f')} {fmt(r.max_ms, '6.1f')} {ratio:>14} "
+            f"{fmt(batch, '5.1f')} {store:>5}"
         )
     print()
     print("CPU per message (ms of CPU time; 2 cores = 2 ms of CPU per ms of wall time)")
@@ -848,9 +810,9 @@ def report(results: list[Result], total_sent: int, total_ready: int) -> bool:
         write_ms = r.commit["write_s"] * 1000 / r.commit["batches"] if r.commit.get("batches") else math.nan
         intake = r.cpu.get("intake", math.nan)
         print(
-            f"{r.name:<44} {r.where:<7} {_f(r.cpu.get('loadgen', math.nan) * 1000 / n, '8.3f')} "
-            f"{_f(intake * 1000 / n, '8.3f')} {_f(r.cpu.get('mongod', math.nan) * 1000 / n, '8.3f')} "
-            f"{_f(write_ms, '15.2f')}"
+            f"{r.name:<44} {r.where:<7} {fmt(r.cpu.get('loadgen', math.nan) * 1000 / n, '8.3f')} "
+            f"{fmt(intake * 1000 / n, '8.3f')} {fmt(r.cpu.get('mongod', math.nan) * 1000 / n, '8.3f')} "
+            f"{fmt(write_ms, '15.2f')}"
         )
     print("  (in-proc: intake CPU is inside 'loadgen', the same process)")
 

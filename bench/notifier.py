@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import banner, finish, guarded, local_mongodb
+from _common import banner, finish, fmt, guarded, local_mongodb, percentile, proc_cpu_s
 
 HOST = "127.0.0.1"
 SCRIPT = str(Path(__file__).resolve())
@@ -153,26 +153,6 @@ class ChildReceiver:
 # --------------------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------------------
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def proc_cpu_s(pid: int | None) -> float:
-    if pid is None:
-        return math.nan
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return math.nan
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
 
 
 @dataclass
@@ -446,10 +426,6 @@ async def latency(opts: Options, uri: str, mongod_pid: int | None, tmp: Path) ->
     return result
 
 
-def _f(value: float, spec: str) -> str:
-    return format(value, spec) if not math.isnan(value) else "-".rjust(int(spec.split(".")[0]))
-
-
 def report(results: list[Result]) -> bool:
     print()
     head = (
@@ -461,14 +437,14 @@ def report(results: list[Result]) -> bool:
         p50, p99 = (r.ms(0.5), r.ms(0.99)) if r.latencies_s else (math.nan, math.nan)
         top = max(r.latencies_s) * 1000 if r.latencies_s else math.nan
         print(
-            f"{r.name:<58} {r.expected:>8} {r.received:>7} {r.seconds:>6.2f} {_f(r.rate, '8.0f')} "
-            f"{_f(p50, '7.1f')} {_f(p99, '7.1f')} {_f(top, '7.1f')} {r.note}"
+            f"{r.name:<58} {r.expected:>8} {r.received:>7} {r.seconds:>6.2f} {fmt(r.rate, '8.0f')} "
+            f"{fmt(p50, '7.1f')} {fmt(p99, '7.1f')} {fmt(top, '7.1f')} {r.note}"
         )
     print()
     print("CPU per notification (ms; 2 cores = 2 ms of CPU per ms of wall time)")
     for r in results:
         n = max(r.received, 1)
-        parts = " ".join(f"{name} {_f(cpu * 1000 / n, '.3f')}" for name, cpu in r.cpu.items())
+        parts = " ".join(f"{name} {fmt(cpu * 1000 / n, '.3f')}" for name, cpu in r.cpu.items())
         print(f"  {r.name:<58} {parts}")
     print()
     print("TARGETS (printed, not asserted)")
