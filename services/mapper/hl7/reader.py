@@ -23,17 +23,24 @@ class Composite:
     parts: tuple[str, ...]
     seps: Separators
     nested: bool = False
+    # Unescaped components, computed once: mapping reads the same components many times.
+    _values: dict[int, str] = field(default_factory=dict, compare=False, repr=False)
 
     def raw(self, n: int) -> str:
         return self.parts[n - 1] if 0 < n <= len(self.parts) else ""
 
     def c(self, n: int) -> str:
         """Component ``n`` (1-based), unescaped and stripped; its first subcomponent when it has several."""
+        cached = self._values.get(n)
+        if cached is not None:
+            return cached
         raw = self.raw(n)
         if not self.nested:
             raw = raw.split(self.seps.subcomponent, 1)[0]
         value = unescape(raw, self.seps).strip()
-        return "" if value == NULL else value
+        value = "" if value == NULL else value
+        self._values[n] = value
+        return value
 
     def part(self, n: int) -> Composite:
         """Component ``n`` as a composite of its subcomponents (e.g. the HD inside CX.4)."""
@@ -50,6 +57,8 @@ class Composite:
 
     @property
     def empty(self) -> bool:
+        if not any(p.strip() for p in self.parts):  # nothing but blanks: no need to unescape
+            return True
         return not any(self.c(n) for n in range(1, len(self.parts) + 1))
 
 
@@ -61,6 +70,7 @@ class Seg:
     occurrence: int
     index: int
     read: set[int] = field(default_factory=set)
+    _composites: dict[int, list[Composite]] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -76,11 +86,14 @@ class Seg:
         return bool(raw.strip()) and raw.strip() != NULL
 
     def composites(self, number: int) -> list[Composite]:
-        """Every non-empty repetition of field ``number``."""
+        """Every non-empty repetition of field ``number`` (split once per segment and field)."""
         self.read.add(number)
-        seps = self.segment.seps
-        reps = [Composite(tuple(r.split(seps.component)), seps) for r in self.segment.repetitions(number)]
-        return [r for r in reps if not r.empty]
+        cached = self._composites.get(number)
+        if cached is None:
+            seps = self.segment.seps
+            reps = [Composite(tuple(r.split(seps.component)), seps) for r in self.segment.repetitions(number)]
+            cached = self._composites[number] = [r for r in reps if not r.empty]
+        return list(cached)
 
     def composite(self, number: int) -> Composite:
         """The first non-empty repetition of field ``number`` (an empty composite when none)."""
