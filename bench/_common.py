@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -114,3 +115,60 @@ def intake_settings(db_name: str, state_dir: Path, host: str = "127.0.0.1") -> S
         state_dir=state_dir,
         log_level="WARNING",
     )
+
+
+class LineChild:
+    """A helper process of a benchmark, driven by one-line commands on its stdin and answering one line
+    on its stdout. It starts by printing ``PORT <n>``; ``stop`` (or stdin closing) ends it, and a child
+    that does not end within 15 s is killed. It runs in its own session: a Ctrl-C in the terminal reaches
+    only the benchmark, which then stops it in order."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def launch(self, *argv: str, timeout_s: float = 60.0, limit: int = 64 * 1024) -> None:
+        """Start ``python argv...`` and wait for its ``PORT`` line; ``RuntimeError`` if it says otherwise."""
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            limit=limit,
+        )
+        line = await self.line(timeout_s)
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"the {self.name} did not start (said {line!r})")
+        self.port = int(line.split()[1])
+
+    async def ask(self, command: str, timeout_s: float = 30.0) -> str:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(f"{command}\n".encode())
+        await self.proc.stdin.drain()
+        return await self.line(timeout_s)
+
+    async def line(self, timeout_s: float) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        return (await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)).decode().strip()
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.returncode is None:
+            with contextlib.suppress(OSError, ConnectionError):
+                assert proc.stdin is not None
+                proc.stdin.write(b"stop\n")
+                await proc.stdin.drain()
+                proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import banner, finish, fmt, guarded, intake_settings, local_mongodb, percentile, proc_cpu_s
+from _common import LineChild, banner, finish, fmt, guarded, intake_settings, local_mongodb, percentile, proc_cpu_s
 from pymongo import IndexModel
 
 from services.runner import run as hub_run
@@ -269,70 +269,28 @@ async def serve_intake_child(uri: str, db_name: str, profile: str | None) -> Non
                     await client.close()
 
 
-class ChildIntake:
+class ChildIntake(LineChild):
     """Intake in its own process (``python bench/mllp_ingest.py --serve-intake``)."""
 
     where = "child"
 
     def __init__(self, uri: str, db_name: str, profile: str | None = None) -> None:
+        super().__init__("intake child")
         self.uri = uri
         self.db_name = db_name
         self.profile = profile
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            SCRIPT,
-            "--serve-intake",
-            "--uri",
-            self.uri,
-            "--db",
-            self.db_name,
-            *(["--profile-intake", self.profile] if self.profile else []),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,  # stopped by us ("stop" or stdin EOF), not by the terminal's Ctrl-C
+        profile = ["--profile-intake", self.profile] if self.profile else []
+        await self.launch(
+            SCRIPT, "--serve-intake", "--uri", self.uri, "--db", self.db_name, *profile, timeout_s=CHILD_START_TIMEOUT_S
         )
-        line = await self._line(CHILD_START_TIMEOUT_S)
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"intake child did not start (said {line!r})")
-        self.port = int(line.split()[1])
-
-    async def _line(self, timeout_s: float) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
-        return raw.decode().strip()
 
     async def stats(self) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(b"stats\n")
-        await self.proc.stdin.drain()
-        line = await self._line(10)
+        line = await self.ask("stats", 10)
         if not line.startswith("STATS "):
             raise RuntimeError(f"intake child answered {line!r}")
         return dict(json.loads(line[6:]))
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.returncode is None:
-            with contextlib.suppress(OSError, ConnectionError):
-                assert proc.stdin is not None
-                proc.stdin.write(b"stop\n")
-                await proc.stdin.drain()
-                proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 class InProcessIntake:

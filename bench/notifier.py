@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import banner, finish, fmt, guarded, local_mongodb, percentile, proc_cpu_s
+from _common import LineChild, banner, finish, fmt, guarded, local_mongodb, percentile, proc_cpu_s
 
 HOST = "127.0.0.1"
 SCRIPT = str(Path(__file__).resolve())
@@ -92,62 +92,22 @@ async def serve_receiver() -> None:
         await runner.cleanup()
 
 
-class ChildReceiver:
-    def __init__(self) -> None:
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
+class ChildReceiver(LineChild):
+    """The callback receiver in its own process (so the notifier under test has its cores to itself)."""
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
+    def __init__(self) -> None:
+        super().__init__("receiver")
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            SCRIPT,
-            "--serve-receiver",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            limit=64 * 1024 * 1024,
-        )
-        line = await self._line(60)
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"the receiver did not start (said {line!r})")
-        self.port = int(line.split()[1])
-
-    async def _ask(self, command: str, timeout_s: float = 30) -> str:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(f"{command}\n".encode())
-        await self.proc.stdin.drain()
-        return await self._line(timeout_s)
-
-    async def _line(self, timeout_s: float) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        return (await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)).decode().strip()
+        await self.launch(SCRIPT, "--serve-receiver", timeout_s=60, limit=64 * 1024 * 1024)
 
     async def count(self) -> tuple[int, int, float]:
-        _, events, handshakes, cpu = (await self._ask("count")).split()
+        _, events, handshakes, cpu = (await self.ask("count")).split()
         return int(events), int(handshakes), float(cpu)
 
     async def dump(self) -> list[tuple[str, float]]:
-        line = await self._ask("dump")
+        line = await self.ask("dump")
         return [(e, float(t)) for e, t in json.loads(line[5:])]
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        with contextlib.suppress(OSError, ConnectionError):
-            assert proc.stdin is not None
-            proc.stdin.write(b"stop\n")
-            await proc.stdin.drain()
-            proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 # --------------------------------------------------------------------------------------------------
