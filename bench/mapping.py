@@ -17,7 +17,7 @@ wall time runs from the moment they are told to start to the moment the last one
 Workloads (see bench/README.md):
   * A01: ADT^A01 admissions, distinct patients (valid NHS numbers) and visit numbers -> Patient + Encounter;
   * I12: REF^I12 referrals, distinct referral ids -> Patient + ServiceRequest + assessment Encounter
-    + pathway CarePlan.
+    + pathway CarePlan + data-quality Task.
 For comparison it measures the store's raw write rate: ``insert_many`` of resource documents in batches
 of 100, and the writer's four writes per batch of 100 with and without a transaction.
 Targets are printed, never asserted; the exit status is 1 only if the store check fails.
@@ -60,7 +60,8 @@ RAW_BATCH = 100
 ACCEPTED = frozenset({"AA", "CA"})  # MSH-15 "AL" asks for enhanced-mode commit ACKs (CA)
 EXPECTED: dict[str, dict[str, int]] = {  # resources (by type) each message of a workload writes
     "A01": {"Patient": 1, "Encounter": 1},
-    "I12": {"Patient": 1, "ServiceRequest": 1, "Encounter": 1, "CarePlan": 1},
+    # ... and the referral's data-quality Task (the referral states its neurology in an NTE only).
+    "I12": {"Patient": 1, "ServiceRequest": 1, "Encounter": 1, "CarePlan": 1, "Task": 1},
 }
 HUB_TYPES = frozenset({"Questionnaire"})  # published by the mapper itself at start-up, not by messages
 

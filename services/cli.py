@@ -27,11 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     notifier.add_argument("--burst", action="store_true", help="fan out what is ready, deliver what is due, then exit")
     db = sub.add_parser("db", help="the local MongoDB (ignored when MONGODB_URI is set)")
     db.add_argument("action", choices=["start", "stop", "status"])
-    messages = sub.add_parser("messages", help="inspect and reprocess stored messages")
-    messages.add_argument("action", choices=["list", "show", "reprocess"])
-    messages.add_argument("record", nargs="?", help="record id (show, reprocess)")
-    messages.add_argument("--status", help="list only this status (ready, rejected, ...)")
+    messages = sub.add_parser(
+        "messages", help="inspect and reprocess stored messages; review those held for a patient conflict"
+    )
+    messages.add_argument("action", choices=["list", "show", "reprocess", "review", "apply", "reject"])
+    messages.add_argument("record", nargs="?", help="record id (show, reprocess, apply, reject)")
+    messages.add_argument("--status", help="list only this status (ready, rejected, needs-review, ...)")
     messages.add_argument("--limit", type=int, default=20)
+    messages.add_argument("--reason", help="why the held message is rejected (reject: required)")
+    messages.add_argument("--by", help="who decides (apply, reject; default: the login name)")
     replay = sub.add_parser("replay", help="send HL7v2 files (one message, batches or message logs) over MLLP")
     replay.add_argument("files", nargs="+")
     replay.add_argument("--host", default="127.0.0.1")
@@ -101,6 +105,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "db":
         return _db(settings, args.action)
     if args.command == "messages":
+        if args.action in ("review", "apply", "reject"):
+            decision = tools.Decision(args.record, args.by or tools.operator(), args.reason or "")
+            return runner.run(tools.review(settings, args.action, decision, args.limit))
         return runner.run(tools.messages(settings, args.action, args.record, args.status, args.limit))
     if args.command == "replay":
         return runner.run(tools.replay(args.files, args.host, args.port or settings.mllp_port))

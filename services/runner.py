@@ -14,11 +14,12 @@ import uvicorn
 from shared.mongod import LocalMongod, find_mongod, read_state
 from shared.settings import Settings
 from shared.store import Store, connect
+from shared.supervision import Backoff, Loop, TaskRegistry, supervise
 
 from .intake.app import create_app
 from .intake.service import IntakeService
 from .mapper.service import MapperService, load_mapping
-from .mapper.worker import WorkerStats
+from .mapper.worker import WorkerConfig, WorkerStats
 from .notifier.http import client_session
 from .notifier.service import NotifierService, NotifierStats
 from .pathway.scanner import SlaScanner
@@ -77,28 +78,57 @@ async def opened_store(settings: Settings) -> AsyncIterator[Store]:
             await client.close()
 
 
-async def serve(settings: Settings, *, parts: tuple[str, ...] = PARTS, demo: bool = False) -> None:
+def stale_after(settings: Settings, interval_s: float) -> float:
+    """How long a task of this cycle interval may go without completing a cycle before it counts as
+    stalled (``/readyz`` 503): ``MSCC_TASK_STALL_FACTOR`` x the interval + ``MSCC_TASK_STALL_MARGIN_S``."""
+    return settings.task_stall_factor * interval_s + settings.task_stall_margin_s
+
+
+async def serve(
+    settings: Settings,
+    *,
+    parts: tuple[str, ...] = PARTS,
+    demo: bool = False,
+    registry: TaskRegistry | None = None,
+) -> None:
     """Serve the given parts until SIGINT/SIGTERM; with ``demo``, send demo traffic once intake is up.
 
-    The mapper finishes the batch in hand, and the notifier the attempts in hand, before the process exits.
+    Every background loop (mapper worker, SLA scanner and report follower, notifier fan-out and delivery)
+    runs supervised (``shared/supervision.py``): restarted with backoff if it stops, its cycles recorded
+    in ``registry`` (one per process), which intake's ``/readyz`` reports on. The mapper finishes the
+    batch in hand, and the notifier the attempts in hand, before the process exits.
     """
     mapping = load_mapping(settings.mapping_file) if "mapper" in parts else None
+    registry = registry or TaskRegistry()
+    backoff = Backoff(settings.task_restart_base_s, settings.task_restart_max_s)
     async with opened_store(settings) as store, contextlib.AsyncExitStack() as stack:
         stop = asyncio.Event()
         workers: list[asyncio.Task[object]] = []
+
+        def supervised(name: str, loop: Loop, interval_s: float) -> None:
+            task = supervise(
+                name, loop, stop, registry, stale_after_s=stale_after(settings, interval_s), backoff=backoff
+            )
+            workers.append(asyncio.create_task(task, name=name))
+
         if "mapper" in parts:
-            mapper = MapperService(store, mapping=mapping)
-            workers.append(asyncio.create_task(mapper.run(stop), name="mapper"))
+            config = WorkerConfig(
+                max_attempts=settings.mapper_max_attempts, future_skew_s=settings.mapper_future_skew_s
+            )
+            mapper = MapperService(store, config, mapping=mapping)
+            supervised("mapper", lambda hb: mapper.run(stop, heartbeat=hb), config.idle_poll_s)
             # SLA clocks and MRI-report follow-up run beside the mapper (any number may run: idempotent).
             scanner = SlaScanner.from_settings(store, settings)
-            workers.append(asyncio.create_task(scanner.run(stop, settings.sla_scan_interval_s), name="pathway"))
+            interval = settings.sla_scan_interval_s
+            supervised("pathway", lambda hb: scanner.run(stop, interval, hb), interval)
         if "notifier" in parts:
             session = await stack.enter_async_context(client_session(settings))  # closed after the workers
             notifier = NotifierService(store, settings, session)
-            workers.append(asyncio.create_task(notifier.run(stop), name="notifier"))
+            notifier_run = notifier.run(stop, registry=registry, backoff=backoff)  # supervises its own loops
+            workers.append(asyncio.create_task(notifier_run, name="notifier"))
         try:
             if "intake" in parts:
-                await _serve_intake(settings, store, demo)
+                await _serve_intake(settings, store, demo, registry)
             else:
                 await _wait_for_signal(stop)
         finally:
@@ -110,7 +140,8 @@ async def drain(settings: Settings) -> WorkerStats:
     """``mscc mapper --burst``: map everything that is ready, then return."""
     mapping = load_mapping(settings.mapping_file)  # a bad file fails before any database work
     async with opened_store(settings) as store:
-        return await MapperService(store, mapping=mapping).run(asyncio.Event(), burst=True)
+        config = WorkerConfig(max_attempts=settings.mapper_max_attempts, future_skew_s=settings.mapper_future_skew_s)
+        return await MapperService(store, config, mapping=mapping).run(asyncio.Event(), burst=True)
 
 
 async def drain_notifier(settings: Settings) -> NotifierStats:
@@ -126,7 +157,7 @@ async def _wait_for_signal(stop: asyncio.Event) -> None:
     await stop.wait()
 
 
-async def _serve_intake(settings: Settings, store: Store, demo: bool) -> None:
+async def _serve_intake(settings: Settings, store: Store, demo: bool, registry: TaskRegistry) -> None:
     service = IntakeService(settings, store)
     await service.start()
     log.info(
@@ -137,7 +168,7 @@ async def _serve_intake(settings: Settings, store: Store, demo: bool) -> None:
         },
     )
     config = uvicorn.Config(
-        create_app(service),
+        create_app(service, registry),
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,

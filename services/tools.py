@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from shared import review as held_messages
 from shared.auth import Caller
 from shared.er7 import split_message_log
 from shared.fhir import FhirError
@@ -50,6 +53,66 @@ async def messages(settings: Settings, action: str, record: str | None, status: 
                 print(json.dumps(shown, indent=2, default=str))
                 return 0
             return await _reprocess(settings, store, found)
+        finally:
+            await client.close()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An operator's decision on a held record: which, by whom, and (to reject) why."""
+
+    record: str | None
+    by: str
+    reason: str = ""
+
+
+def operator() -> str:
+    """The login name of whoever runs the command (recorded on the records they decide)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown operator"
+
+
+def _held_line(doc: Document) -> str:
+    item = held_messages.summary(doc)
+    when = item["received_at"].isoformat(timespec="seconds") if isinstance(item["received_at"], datetime) else ""
+    conflicts = "; ".join(str(c) for c in item["conflicts"]) or "(no conflict recorded)"
+    return f"{item['id']}  {when}  {item['sender'] or '?':<8} {item['message_type'] or '?':<10} {conflicts}"
+
+
+async def review(settings: Settings, action: str, decision: Decision, limit: int) -> int:
+    """``review``: list held records (oldest first, conflicts with masked values); ``apply`` /
+    ``reject``: decide one. 1 when the record does not exist or is not held, 2 for a missing argument."""
+    if action != "review" and not decision.record:
+        print(f"mscc messages {action}: give a record id (see 'mscc messages review')", file=sys.stderr)
+        return 2
+    if action == "reject" and not decision.reason.strip():
+        print("mscc messages reject: give the reason (--reason ...)", file=sys.stderr)
+        return 2
+    async with database(settings) as uri:
+        client = connect(uri)
+        try:
+            store = Store(client, settings.db_name)
+            if action == "review":
+                docs = await held_messages.held(store, limit)
+                for doc in docs:
+                    print(_held_line(doc))
+                if not docs:
+                    print("no message is waiting for review")
+                return 0
+            record = str(decision.record)
+            try:
+                if action == "apply":
+                    await held_messages.apply(store, record, decision.by)
+                    print(f"{record}: queued to be written despite the conflict (by {decision.by})")
+                else:
+                    await held_messages.reject(store, record, decision.by, decision.reason)
+                    print(f"{record}: rejected by {decision.by}; nothing from it is written")
+            except held_messages.ReviewError as exc:
+                print(f"mscc messages {action}: {exc}", file=sys.stderr)
+                return 1
+            return 0
         finally:
             await client.close()
 

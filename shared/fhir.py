@@ -8,7 +8,7 @@ Errors (one root)::
 
     FhirError
       status 400  invalid JSON (or not UTF-8, numbers out of range, nested too deep), wrong resourceType,
-                  structure errors (with FHIRPath expressions)
+                  structure errors (with FHIRPath expressions), a code outside its required value set
       status 404  unknown resource or version
       status 409  an id or business identifier already taken by different content
       status 412  conditional create matched several resources
@@ -25,6 +25,8 @@ from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
+
+from .bindings import binding_issues
 
 FHIR_JSON = "application/fhir+json"
 FHIR_VERSION = "4.0.1"
@@ -146,8 +148,13 @@ def _expression(resource_type: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def validate(data: Resource, expected: str | tuple[str, ...] | None = None) -> Resource:
-    """Validate ``data`` as a FHIR resource (of ``expected`` type if given); return it unchanged."""
+def validate(data: Resource, expected: str | tuple[str, ...] | None = None, *, bindings: bool = False) -> Resource:
+    """Validate ``data`` as a FHIR resource (of ``expected`` type if given); return it unchanged.
+
+    With ``bindings``, coded elements with a required binding (status, intent, priority, gender...; in
+    contained resources and Bundle entries too) must also hold a code of their value set
+    (``shared/bindings.py``). ``FhirError`` 400 names every offending element (FHIRPath ``expression``).
+    """
     resource_type = data.get("resourceType")
     if not isinstance(resource_type, str) or not resource_type:
         raise FhirError(400, "required", "resourceType is missing", expression=["resourceType"])
@@ -175,7 +182,17 @@ def validate(data: Resource, expected: str | tuple[str, ...] | None = None) -> R
         raise FhirError(400, "structure", f"{resource_type} is not valid", issues=issues) from exc
     except (ValueError, TypeError) as exc:
         raise FhirError(400, "structure", f"{resource_type} is not valid: {exc}") from exc
+    if bindings:
+        check_bindings(data)
     return data
+
+
+def check_bindings(data: Resource, where: str | None = None) -> None:
+    """``FhirError`` 400 (one ``code-invalid`` issue per element) if a coded element of ``data`` is outside
+    its required FHIR R4 value set; ``where`` is the resource's path inside a larger body (a Bundle entry)."""
+    issues = binding_issues(data, where)
+    if issues:
+        raise FhirError(400, "code-invalid", issues[0]["diagnostics"], issues=issues[:50])
 
 
 def business_identifiers(resource: Resource) -> list[tuple[str, str]]:

@@ -114,7 +114,7 @@ class LocalMongod:
     def __init__(self, binary: Path, dbpath: Path, *, port: int | None = None, cache_gb: float = 0.25) -> None:
         self.binary = binary
         self.dbpath = dbpath
-        self.port = port or free_port()
+        self.port = port or _remembered_port(dbpath) or free_port()
         self.cache_gb = cache_gb
         self.logpath = dbpath / "mongod.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -147,6 +147,7 @@ class LocalMongod:
     def start(self, *, detach: bool = False, timeout_s: float = 60.0) -> None:
         """Start mongod, initiate the replica set and wait until it is PRIMARY; on failure stop it."""
         self.dbpath.mkdir(parents=True, exist_ok=True)
+        (self.dbpath / PORT_FILE).write_text(str(self.port))
         self.process = subprocess.Popen(
             self._argv(),
             stdin=subprocess.DEVNULL,
@@ -191,7 +192,22 @@ class LocalMongod:
         except OperationFailure as exc:
             if exc.code != 23:  # AlreadyInitialized: a restart on an existing dbpath.
                 raise
+            self._rehost(client)
         return True
+
+    def _rehost(self, client: MongoClient[dict[str, object]]) -> None:
+        """A restart on existing data: the saved replica set configuration names the host and port of
+        the first start. When the port had to change (the old one was taken), the member is renamed
+        with a forced reconfiguration, so the node elects itself instead of waiting for a member that
+        is not there."""
+        host = f"127.0.0.1:{self.port}"
+        config = client.admin.command("replSetGetConfig")["config"]
+        members = config.get("members") or []
+        if [m.get("host") for m in members] == [host]:
+            return
+        config["members"] = [{**(members[0] if members else {"_id": 0}), "host": host}]
+        config["version"] = int(config.get("version", 1)) + 1
+        client.admin.command("replSetReconfig", config, force=True)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Shut mongod down cleanly (SIGTERM), killing it only if it does not exit in ``timeout_s``."""
@@ -211,6 +227,25 @@ class LocalMongod:
         if self.process is None:
             raise MongodError("mongod is not running")
         return MongodState(self.process.pid, self.port, str(self.dbpath), str(self.logpath))
+
+
+PORT_FILE = "mongod.port"
+
+
+def _remembered_port(dbpath: Path) -> int | None:
+    """The port of the last start on ``dbpath``, when it is free again: a restart keeps its address."""
+    try:
+        port = int((dbpath / PORT_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As mongod binds: connections of the last run still in TIME_WAIT do not make the port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+    return port
 
 
 def _shutdown_command(port: int) -> None:

@@ -93,6 +93,21 @@ class Settings(BaseSettings):
     sla_scan_interval_s: float = Field(default=15.0, gt=0)
     # A final report whose code (text, display or code) matches this is a whole-spine MRI report.
     pathway_mri_pattern: str = r"(?i)(\bMRI?\b|magnetic resonance).*\b(whole[- ]?)?spin(e|al)\b|\bMR\s?W?SP\b"
+    # A referral or report the scanner fails on this many times is set aside (recorded in pathway_faults).
+    pathway_max_attempts: int = Field(default=3, ge=1, le=100)
+
+    # Supervision of background tasks (shared/supervision.py): a task is stalled (and /readyz 503) when
+    # it completes no cycle within factor x its interval + margin; a stopped loop restarts after a backoff.
+    task_stall_factor: float = Field(default=3.0, ge=1)
+    task_stall_margin_s: float = Field(default=60.0, ge=0)
+    task_restart_base_s: float = Field(default=1.0, gt=0)
+    task_restart_max_s: float = Field(default=60.0, gt=0)
+    # Claims of one message (failed attempts, or leases that expired in a worker that died) before it is
+    # dead-lettered rather than handed back again.
+    mapper_max_attempts: int = Field(default=5, ge=1, le=100)
+    # A message dated (MSH-7, Bundle.timestamp) further ahead of the hub's clock than this is ordered by
+    # its arrival time instead, with a warning: a sender's wrong clock must not make later messages stale.
+    mapper_future_skew_s: float = Field(default=300.0, ge=0)
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"

@@ -34,6 +34,10 @@ EXAMPLE_OF = {
     "Questionnaire": "../../uk-core-r4/json-converted/UKCore-Questionnaire-EOLPlan-Example.json",
     "DiagnosticReport": "../../microsoft-fhir-converter/expected-fhir/LAB-ORU-1-expected.json#DiagnosticReport",
     "Subscription": "Subscription-example.json",
+    "Task": "../../../fixtures/Task-referral-data.json",  # the hub's own data-quality Task; no upstream example
+    "Condition": "../../microsoft-fhir-converter/expected-fhir/ADT-A04-01-expected.json#Condition",
+    "AllergyIntolerance": "../../microsoft-fhir-converter/expected-fhir/ADT-A04-01-expected.json#AllergyIntolerance",
+    "Procedure": "../../microsoft-fhir-converter/expected-fhir/ADT-A04-01-expected.json#Procedure",
 }
 # What this server implements; anything else claimed in the CapabilityStatement is a lie.
 IMPLEMENTED = {"create", "read", "vread", "search-type", "history-instance", "update", "delete"}
@@ -189,7 +193,9 @@ async def test_every_claimed_interaction_answers(http: httpx.AsyncClient, settin
                         "eventUri": "urn:mscc:event:referral",
                         "source": {"endpoint": "https://sender.example/fhir"},
                     }
-                }
+                },
+                # A message must carry something the hub stores: a header alone is refused (422).
+                {"resource": _referral("message")},
             ],
         }
         response = await http.post("/fhir", json=message, headers={"Content-Type": FHIR_JSON})

@@ -22,7 +22,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from helpers import app_client
 from pymongo import AsyncMongoClient
 
-from shared.ids import resource_id
+from services.intake.fhir_intake import business_id
 from shared.settings import Settings
 from shared.store import Document, Store
 
@@ -30,6 +30,12 @@ CORPUS = Path(__file__).parent / "corpus"
 MANIFEST: list[dict[str, Any]] = json.loads((CORPUS / "fhir_manifest.json").read_text())
 FHIR_JSON = "application/fhir+json"
 SMALL_LIMIT = 1024
+DEV_ODS = str(Settings.model_fields["dev_client_ods"].default)  # the caller every test request has
+
+
+def request_id(value: str, system: str | None = None) -> str:
+    """The id intake gives a ServiceRequest with this identifier, posted by the development client."""
+    return business_id("ServiceRequest", {"identifier": [{"system": system or SYSTEM, "value": value}]}, DEV_ODS)
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +237,11 @@ async def test_corpus_bundle_is_acknowledged_and_stored(
         assert response.status_code == 202, response.text
         assert reply["type"] == f"{sent['type']}-response"
         assert len(reply["entry"]) == len(sent["entry"])
-        assert all(e["response"]["status"].startswith("202") for e in reply["entry"])
+        # Each entry answered with what happens to it: 202 when carried out, else its own error status.
+        expected = entry.get("entry_statuses") or [202] * len(sent["entry"])
+        assert [int(e["response"]["status"].split()[0]) for e in reply["entry"]] == expected
+        for answer in reply["entry"]:
+            assert answer["response"]["status"].startswith("202") or answer["response"]["outcome"]["issue"]
 
     [record] = await store.messages.find({}).to_list()
     assert record["status"] == "ready"
@@ -243,10 +253,25 @@ async def test_corpus_bundle_is_acknowledged_and_stored(
     assert "x-duplicate" not in response.headers
 
 
-async def test_transaction_receipt_locations_use_the_ids_the_hub_assigns(http: httpx.AsyncClient) -> None:
+REFUSED_BUNDLES = _entries("Bundle", "refuse")
+
+
+@pytest.mark.parametrize("entry", REFUSED_BUNDLES)
+async def test_corpus_bundle_the_hub_cannot_carry_out_is_refused_and_kept(
+    entry: dict[str, Any], http: httpx.AsyncClient, store: Store
+) -> None:
+    """Valid FHIR the hub would not carry out (manifest ``expect: refuse``, with a DECISION note) is refused
+    with the manifest's status, never acknowledged, and kept as a rejected record."""
+    body = _body(entry)
+    outcome = assert_outcome(await post_bundle(http, body), entry["http_status"])
+    assert all(i["expression"][0].startswith("Bundle.entry") for i in outcome["issue"])
+    await assert_rejected_kept(store, body, entry["http_status"])
+
+
+async def test_batch_receipt_locations_use_the_ids_the_hub_assigns(http: httpx.AsyncClient) -> None:
     bundle = {
         "resourceType": "Bundle",
-        "type": "transaction",
+        "type": "batch",
         "entry": [
             {"resource": referral("TX-1"), "request": {"method": "POST", "url": "ServiceRequest"}},
             {
@@ -259,10 +284,11 @@ async def test_transaction_receipt_locations_use_the_ids_the_hub_assigns(http: h
     response = await post_bundle(http, _json(bundle))
     assert response.status_code == 202, response.text
     responses = [e["response"] for e in response.json()["entry"]]
-    sr_id = resource_id("ServiceRequest", "https://mscc.example.nhs.uk/referral", "TX-1")
+    sr_id = request_id("TX-1", "https://mscc.example.nhs.uk/referral")
     assert responses[0]["location"] == f"ServiceRequest/{sr_id}"
     assert responses[1]["location"] == "Patient/p1"
     assert "location" not in responses[2]
+    assert responses[2]["status"] == "405 Method Not Allowed"  # a DELETE is not carried out
 
 
 # 2. Broken inputs: an OperationOutcome with a fitting status, and the body kept as "rejected".
@@ -519,7 +545,7 @@ async def test_if_none_exist_returns_the_existing_resource(http: httpx.AsyncClie
 async def test_if_none_exist_without_a_match_creates(http: httpx.AsyncClient, store: Store) -> None:
     response = await post_sr(http, _json(referral("C-2")), **{"If-None-Exist": f"identifier={SYSTEM}|C-2"})
     assert response.status_code == 201, response.text
-    assert response.json()["id"] == resource_id("ServiceRequest", SYSTEM, "C-2")
+    assert response.json()["id"] == request_id("C-2")
     assert await store.resources.count_documents({}) == 1
 
 
@@ -550,7 +576,7 @@ async def test_identical_create_twice_is_idempotent(http: httpx.AsyncClient, sto
     assert first.status_code == 201
     assert second.status_code == 200, second.text
     assert second.json() == first.json()
-    assert first.json()["id"] == resource_id("ServiceRequest", SYSTEM, "I-1")
+    assert first.json()["id"] == request_id("I-1")
     assert await store.resources.count_documents({}) == 1
     assert await store.history.count_documents({}) == 1
 
@@ -599,7 +625,7 @@ async def test_client_supplied_id_and_meta_version_are_replaced(http: httpx.Asyn
     )
     assert response.status_code == 201
     created = response.json()
-    assert created["id"] == resource_id("ServiceRequest", SYSTEM, "I-3")
+    assert created["id"] == request_id("I-3")
     assert created["meta"]["versionId"] == "1"
     assert created["meta"]["profile"] == ["https://x.example/p"]
 

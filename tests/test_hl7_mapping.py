@@ -33,8 +33,10 @@ from services.mapper.hl7.reader import Composite
 from services.mapper.model import MappingError, MappingResult
 from shared.er7 import DEFAULT_SEPARATORS, parse_message, segment_spans, split_message_log
 from shared.fhir import validate
+from shared.ids import local_system
 from shared.mllp import Frame, FrameDecoder
 from shared.nhs import (
+    GMC_NUMBER_SYSTEM,
     NHS_NUMBER_SYSTEM,
     ODS_ORGANIZATION_SYSTEM,
     VERIFICATION_STATUS_URL,
@@ -198,8 +200,9 @@ def comp(text: str) -> Composite:
 
 
 def test_cx_with_oid_authority() -> None:
-    # an ISO universal id (CX.4.2/CX.4.3) names the system globally
-    ident = cx_identifier(comp("123^^^Hosp&2.16.840.1.1&ISO^MR"), SYSTEMS)
+    # an ISO universal id (CX.4.2/CX.4.3) the sender's configuration names as its own is global
+    systems = Systems("urn:mscc:id:{authority}", "RBL", frozenset({"REN"}), frozenset({"2.16.840.1.1"}))
+    ident = cx_identifier(comp("123^^^Hosp&2.16.840.1.1&ISO^MR"), systems)
     assert ident == {
         "system": "urn:oid:2.16.840.1.1",
         "value": "123",
@@ -213,6 +216,13 @@ def test_cx_with_oid_authority() -> None:
             ]
         },
     }
+
+
+def test_cx_with_an_unconfigured_oid_is_scoped_by_the_sending_facility() -> None:
+    # a vendor's OID is shared by every trust that runs the product: it names no organisation
+    ident = cx_identifier(comp("123^^^Hosp&2.16.840.1.1&ISO^MR"), SYSTEMS)
+    assert ident is not None and ident["system"] == local_system("urn:oid:2.16.840.1.1", "RBL")
+    assert ident["system"].startswith("urn:mscc:id:RBL:")
 
 
 def test_cx_without_authority_is_qualified_by_the_sending_facility() -> None:
@@ -321,7 +331,7 @@ def test_xcn_reference() -> None:
     # identifier with the person's authority, display assembled from prefix, given names and family
     assert xcn_reference(comp("C123^Smith^Jane^Q^^Dr^^^GMC"), SYSTEMS) == {
         "type": "Practitioner",
-        "identifier": {"system": "urn:mscc:id:GMC", "value": "C123"},
+        "identifier": {"system": GMC_NUMBER_SYSTEM, "value": "C123"},
         "display": "Dr Jane Q Smith",
     }
 
@@ -483,7 +493,7 @@ def test_rf1_referral_fields() -> None:
     assert request["authoredOn"] == "2024-03-01T10:10:00+00:00"
     assert request["category"][0]["coding"][0]["code"] == "ONC"
     reasons = [c["coding"][0]["code"] for c in request["reasonCode"]]
-    assert reasons == ["MSCC", "C79.5"]  # RF1-10, then DG1-3
+    assert reasons == ["C79.5", "MSCC"]  # the diagnoses (DG1-3) first, then RF1-10's administrative reason
     assert request["meta"]["profile"] == ["https://fhir.hl7.org.uk/StructureDefinition/UKCore-ServiceRequest"]
     validate(request)
 
@@ -569,10 +579,13 @@ def test_pathway_with_unknown_neurological_status_takes_24_hours() -> None:
 
 def test_sender_codes_for_supporting_information() -> None:
     # a sender's own OBX-3 code, configured, is read as the neurological status
-    text = ref().replace("MSCC-NEURO^Neurological status^L", "Z99^Exam^L")
+    text = ref(neuro="Normal").replace("MSCC-NEURO^Neurological status^L", "Z99^Exam^L")
     config = MappingConfig(default=SenderConfig(supporting_info_codes={"Z99": "neurological-status"}))
-    assert "present" in patched(map_hl7v2(text, config), "CarePlan")["description"]
+    assert "No neurological signs" in patched(map_hl7v2(text, config), "CarePlan")["description"]
     assert "unknown" in patched(map_hl7v2(text), "CarePlan")["description"]
+    # an OBX the hub cannot classify still counts when its text names a sign (never as an all-clear)
+    signs = ref().replace("MSCC-NEURO^Neurological status^L", "Z99^Exam^L")
+    assert "present" in patched(map_hl7v2(signs), "CarePlan")["description"]
 
 
 def test_ref_i12_i13_i14_same_ids_changed_status() -> None:

@@ -606,10 +606,20 @@ async def test_topics_and_filters_decide_who_gets_what(
     profiled = referral("sr1", 2, meta={"versionId": "2", "profile": ["https://example.org/p"]})
     await change(store, clock, profiled)  # no status change: nobody
     await change(store, clock, referral("sr1", 3, status="completed"))
+    # HNA: the event follows the support plan (a CarePlan naming its response), never the response alone
     qr = {"resourceType": "QuestionnaireResponse", "status": "completed", "subject": {"reference": "Patient/p1"}}
-    await change(store, clock, {**qr, "id": "qr1", "meta": {"versionId": "1"}})  # p1 was referred by RBL
-    await change(store, clock, {**qr, "id": "qr2", "meta": {"versionId": "1"}, "subject": {"reference": "Patient/p9"}})
-    await change(store, clock, {**qr, "id": "qr3", "meta": {"versionId": "1"}, "status": "in-progress"})
+    plan = {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": "Patient/p1"},
+        "supportingInfo": [{"reference": "QuestionnaireResponse/qr1"}],
+    }
+    await change(store, clock, {**qr, "id": "qr1", "meta": {"versionId": "1"}})  # no plan yet: nobody
+    await change(store, clock, {**plan, "id": "hna1", "meta": {"versionId": "1"}})  # p1 was referred by RBL
+    elsewhere = {"subject": {"reference": "Patient/p9"}}
+    await change(store, clock, {**plan, "id": "hna2", "meta": {"versionId": "1"}, **elsewhere})
+    await change(store, clock, {**plan, "id": "hna3", "meta": {"versionId": "1"}, "status": "draft"})
     sla = {"kind": "sla", "sla_event": "breached", "focus": "ServiceRequest/sr1/_history/3", "at": clock.now}
     await store.outbox.insert_one({"_id": "sla:sr1:breached", **sla, "created_at": clock.now, "status": "ready"})
     step = {"step": "mri-requested", "previous_step": "triaged-accepted", "at": clock.now}
@@ -625,7 +635,7 @@ async def test_topics_and_filters_decide_who_gets_what(
     assert got[status_rbl] == [*sr1, "ServiceRequest/sr2/_history/2"]  # filters see each event's version
     assert got[status_rbl_urgent] == sr1[1:]
     assert got[status_rjr] == ["ServiceRequest/sr2/_history/1"]
-    assert got[hna_rbl] == ["QuestionnaireResponse/qr1/_history/1"]
+    assert got[hna_rbl] == ["CarePlan/hna1/_history/1"]
     assert got[sla_rbl] == ["sla:sr1:breached"]
     [transition] = [d for d in await deliveries(store, status_rbl) if d["event"]["kind"] == "transition"]
     assert transition["event"]["detail"] == {"step": "mri-requested", "previous_step": "triaged-accepted"}
@@ -805,6 +815,8 @@ async def test_mllp_no_answer_and_ar_are_retried(
         await SubscriptionService(store, settings, clock).create(mllp_subscription(settings, mllp_receiver.port), RBL)
     ).resource["id"]
     mllp_receiver.plan = ["silent", "AR"]
+    patient = {"resourceType": "Patient", "id": "p1", "meta": {"versionId": "1"}}
+    await change(store, clock, {**patient, "identifier": [{"system": NHS, "value": "9449305552"}]})
     await change(store, clock, referral("sr1", 1))
     service = notifier(store, settings, session, clock)
     await burst(service)

@@ -12,8 +12,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import Unauthenticated
 from shared.fhir import FhirError
+from shared.supervision import TaskRegistry
 
-from . import routes_fhir, routes_hl7, routes_pathway, routes_subscriptions
+from . import routes_fhir, routes_hl7, routes_pathway, routes_review, routes_subscriptions
 from .deps import Intake
 from .routes_fhir import FhirResponse, metadata, outcome_response
 from .service import IntakeService
@@ -21,15 +22,18 @@ from .service import IntakeService
 log = logging.getLogger(__name__)
 
 
-def create_app(service: IntakeService) -> FastAPI:
-    """The FastAPI app over an already-constructed ``IntakeService`` (its lifecycle is the caller's)."""
+def create_app(service: IntakeService, tasks: TaskRegistry | None = None) -> FastAPI:
+    """The FastAPI app over an already-constructed ``IntakeService`` (its lifecycle is the caller's);
+    ``tasks``: the background tasks of this process, which ``/readyz`` reports on."""
     app = FastAPI(
         title="MSCC integration hub: intake",
         description="HL7v2 and FHIR R4 referrals in; every message stored before it is acknowledged.",
         version=routes_fhir._version(),
     )
     app.state.intake = service
+    app.state.tasks = tasks or TaskRegistry()
     app.include_router(routes_hl7.router)
+    app.include_router(routes_review.router)
     app.include_router(routes_pathway.router)  # before routes_fhir's generic /fhir/{type}/... paths
     app.include_router(routes_subscriptions.router)  # likewise
     app.include_router(routes_fhir.router)
@@ -46,11 +50,25 @@ def create_app(service: IntakeService) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], summary="Ready: the store answers")
-    async def readyz(intake: Intake) -> JSONResponse:
-        if await intake.store.ping():
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "unavailable", "reason": "the database does not answer"}, status_code=503)
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Ready: the store answers and every background task of this process completes its cycles",
+    )
+    async def readyz(intake: Intake, request: Request) -> JSONResponse:
+        """503 naming what is wrong: the database does not answer, or a background task (mapper, SLA
+        scanner, notifier loops) is dead or has completed no cycle in its expected time. ``tasks``
+        says, for each, its state, when it last completed a cycle, its restarts and its last error."""
+        registry: TaskRegistry = request.app.state.tasks
+        reasons = [] if await intake.store.ping() else ["the database does not answer"]
+        problems = registry.problems()
+        if problems:
+            reasons.append("background task(s) not running: " + "; ".join(problems.values()))
+        body: dict[str, object] = {"status": "unavailable" if reasons else "ready", "tasks": registry.report()}
+        if reasons:
+            body["reason"] = "; ".join(reasons)
+            body["unhealthy_tasks"] = sorted(problems)
+        return JSONResponse(body, status_code=503 if reasons else 200)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError) -> Response:

@@ -12,7 +12,18 @@ from .search import search_params
 UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/"
 VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
 MESSAGE_TRANSPORT = "http://terminology.hl7.org/CodeSystem/message-transport"
-READ_ONLY_TYPES = ("Patient", "Encounter", "CarePlan", "QuestionnaireResponse", "DiagnosticReport", "Questionnaire")
+READ_ONLY_TYPES = (
+    "Patient",
+    "Encounter",
+    "CarePlan",
+    "QuestionnaireResponse",
+    "DiagnosticReport",
+    "Questionnaire",
+    "Task",
+    "Condition",
+    "AllergyIntolerance",
+    "Procedure",
+)
 # Types that also take update (PUT, If-Match required; services/pathway/updates.py).
 UPDATE_TYPES = ("ServiceRequest", "Encounter", "CarePlan")
 UPDATE_DOC = (
@@ -40,8 +51,11 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
             "updateCreate": False,
             "conditionalCreate": True,
             "searchParam": search_params("ServiceRequest"),
-            "documentation": "create honours If-None-Exist: identifier=system|value; the resource id is "
-            f"derived from the first business identifier, so a repeated create is idempotent; {UPDATE_DOC}",
+            "documentation": "create honours If-None-Exist: identifier=system|value (within the caller's "
+            "organisation); the resource id is derived from the first business identifier, scoped by the "
+            "caller's ODS code unless national, so a repeated create is idempotent; an invalid NHS number is "
+            "kept under urn:mscc:id:invalid-nhs-number with a warning (Prefer: return=OperationOutcome); "
+            f"{UPDATE_DOC}",
             "operation": [VALIDATE, TRANSITION],
         },
         *[
@@ -74,7 +88,11 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
                 "mode": "server",
                 "documentation": "POST /fhir takes transaction, batch and message Bundles: they are stored, "
                 "acknowledged (202 with a receipt Bundle, or a message response) and processed "
-                "asynchronously. XML is not supported.",
+                "asynchronously. Only create (POST Type) and update by id (PUT Type/id) of the stored types "
+                "are carried out; any other entry (DELETE, GET, conditional, operation, other type, a code "
+                "outside its required value set) refuses a whole transaction (400, each entry named) and is "
+                "answered with its own error status in a batch. $validate and create check required "
+                "bindings. XML is not supported.",
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
             }
@@ -85,7 +103,9 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
                     {"protocol": {"system": MESSAGE_TRANSPORT, "code": "http"}, "address": f"{base_url}/fhir"}
                 ],
                 "documentation": "message Bundles (first entry a MessageHeader) are accepted by POST to the base; "
-                "the response is a message Bundle with MessageHeader.response.code ok once it is stored. "
+                "the response is a message Bundle with MessageHeader.response.code ok once it is stored, "
+                "naming in response.details (an OperationOutcome) any entry of a type the hub does not store; "
+                "a message with nothing the hub stores is refused (422). "
                 "A repeated MessageHeader.id is answered with the first response.",
             }
         ],

@@ -3,15 +3,20 @@
 Every body is kept as a message record (exact bytes): accepted ones with status "ready" for the mapper,
 rejected ones with the OperationOutcome that was answered. A created resource is written as version 1
 in the same MongoDB transaction as its message record. Resource ids come from business identifiers
-(the same identifier always gives the same id); a resource without one gets a random id.
+(the same identifier from the same organisation always gives the same id: ``business_id``, scoped by the
+caller's ODS code unless the identifier is national); a resource without one gets a random id. NHS
+numbers failing the check are never stored as NHS numbers (``shared.nhs.check_nhs_numbers``); the sender
+is warned in the answer and on the record.
 Bundles are validated, stored and queued; the mapper resolves their entries and internal references.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,13 +33,18 @@ from shared.fhir import (
     Resource,
     business_identifiers,
     check_content_type,
+    operation_outcome,
     parse_json,
     validate,
 )
-from shared.ids import resource_id
+from shared.fhir import issue as fhir_issue
+from shared.hna import check_responses as check_hna_responses
+from shared.ids import resource_id, scoped_system
+from shared.nhs import NATIONAL_SYSTEMS, NHS_NUMBER_SYSTEM, check_nhs_numbers, is_valid_nhs_number, nhs_patient_id
 from shared.resources import ResourceStore, content_of, stamp
 from shared.store import DURABLE, Document, Store
 
+from .bundle_entries import EntryRefusal, bundle_refusals
 from .committer import GroupCommitter, StoreUnavailable
 from .hl7_intake import new_id
 
@@ -42,6 +52,7 @@ log = logging.getLogger(__name__)
 
 BUNDLE_TYPES = ("transaction", "batch", "message")
 WRITE_CONFLICT = 112
+MATCH_LIMIT = 50  # If-None-Exist candidates read before keeping those in the caller's scope
 CREATE_ATTEMPTS = 8  # concurrent creates of one id conflict in MongoDB; each retry backs off a little longer
 
 
@@ -94,6 +105,75 @@ def fhir_record(
     }
 
 
+def identifier_scope(system: str, ods_code: str) -> str:
+    """The system a business identifier's resource id is derived under: national systems (NHS number,
+    ODS code, GMC number) as they are, any other scoped by the organisation that sent it, so two trusts
+    posting the same ``system|value`` get two resources."""
+    return system if system in NATIONAL_SYSTEMS else scoped_system(system, ods_code)
+
+
+def business_id(resource_type: str, data: Resource, ods_code: str) -> str | None:
+    """The id a posted resource gets from its business identifiers (None without one): a Patient with a
+    valid NHS number the id every route gives that number; else the first identifier, scoped by the
+    caller's ODS code unless its system is national."""
+    identifiers = business_identifiers(data)
+    if resource_type == "Patient":
+        for system, value in identifiers:
+            if system == NHS_NUMBER_SYSTEM and is_valid_nhs_number(value):
+                return nhs_patient_id(value)
+    if not identifiers:
+        return None
+    system, value = identifiers[0]
+    return resource_id(resource_type, identifier_scope(system, ods_code), value)
+
+
+def legacy_id(resource_type: str, data: Resource) -> str | None:
+    """The id the first business identifier gave before ids were scoped by the sending organisation
+    (resources stored then keep it; see ``FhirIntake._owned_legacy``)."""
+    identifiers = business_identifiers(data)
+    return resource_id(resource_type, *identifiers[0]) if identifiers else None
+
+
+def prefers_outcome(prefer: str | None) -> bool:
+    """Whether the ``Prefer`` header asks for ``return=OperationOutcome``."""
+    parts = [p.strip().replace(" ", "") for p in (prefer or "").split(",")]
+    return any(p.lower() == "return=operationoutcome" for p in parts)
+
+
+def nhs_number_warnings(entries: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Per entry index, the warnings for NHS numbers failing the check in that entry's resource (the
+    mapper stores them under the local invalid-number system: ``check_nhs_numbers``)."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    for index, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict):
+            _, invalid = check_nhs_numbers(resource, f"Bundle.entry[{index}].resource")
+            if invalid:
+                found[index] = [finding.issue() for finding in invalid]
+    return found
+
+
+def with_entry_warnings(reply: FhirReply, warnings: dict[int, list[dict[str, Any]]]) -> FhirReply:
+    """The Bundle answer with its warnings where clients read them: a transaction or batch receipt
+    entry's ``response.outcome``; for a message Bundle, an OperationOutcome entry that the response
+    MessageHeader names in ``response.details`` (the code stays "ok": the message was taken)."""
+    if not warnings:
+        return reply
+    body = copy.deepcopy(reply.body)
+    entries: list[dict[str, Any]] = body.get("entry") or []
+    if body.get("type") == "message" and entries:
+        outcome_id = str(uuid.uuid4())
+        issues = [w for index in sorted(warnings) for w in warnings[index]]
+        entries[0]["resource"]["response"]["details"] = {"reference": f"urn:uuid:{outcome_id}"}
+        outcome = {**operation_outcome(issues), "id": outcome_id}
+        entries.append({"fullUrl": f"urn:uuid:{outcome_id}", "resource": outcome})
+    else:
+        for index, issues in warnings.items():
+            if index < len(entries) and isinstance(entries[index].get("response"), dict):
+                entries[index]["response"]["outcome"] = operation_outcome(issues)
+    return FhirReply(reply.status, validate(body), reply.headers)
+
+
 def parse_if_none_exist(value: str) -> tuple[str, str]:
     """``identifier=system|value`` -> (system, value); ``FhirError`` 400 for anything else."""
     params = parse_qsl(value.lstrip("?"), keep_blank_values=True)
@@ -103,6 +183,39 @@ def parse_if_none_exist(value: str) -> tuple[str, str]:
     if not system or not ident:
         raise FhirError(400, "invalid", f"If-None-Exist {value!r} needs both a system and a value")
     return system, ident
+
+
+# A FHIR id (R4 ``id`` datatype): what an update URL's last part must be for the resource to be stored.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def check_update_targets(entries: list[dict[str, Any]]) -> None:
+    """Refuse (``FhirError`` 400) an update entry whose ``request.url`` names another resource type, or
+    an id that is not a FHIR id (``Patient/$x``): such a resource could never be stored, so the Bundle
+    is refused here rather than accepted and then failed by the mapper."""
+    for index, entry in enumerate(entries):
+        request = entry.get("request") or {}
+        url = request.get("url")
+        rtype = (entry.get("resource") or {}).get("resourceType")
+        if request.get("method") != "PUT" or not isinstance(url, str) or "?" in url or url.count("/") != 1:
+            continue
+        target_type, target_id = url.split("/", 1)
+        where = [f"Bundle.entry[{index}].request.url"]
+        if not FHIR_ID.fullmatch(target_id):
+            raise FhirError(
+                400,
+                "invalid",
+                f"Bundle.entry[{index}]: PUT {url!r}: {target_id!r} is not a FHIR id "
+                "(1-64 letters, digits, '-' or '.')",
+                expression=where,
+            )
+        if rtype and target_type != rtype:
+            raise FhirError(
+                400,
+                "invalid",
+                f"Bundle.entry[{index}]: PUT {url!r} holds a {rtype}, not a {target_type}",
+                expression=where,
+            )
 
 
 class FhirIntake:
@@ -161,7 +274,12 @@ class FhirIntake:
     ) -> Resource:
         try:
             check_content_type(content_type)
-            return validate(parse_json(body), expected)
+            # A Bundle's entries are checked against required bindings one by one (a batch refuses only
+            # the offending entry): see bundle_entries.
+            data = validate(parse_json(body), expected, bindings=expected != "Bundle")
+            # An HNA (alone or in any Bundle) must answer the hub's Questionnaire: 422 naming the item.
+            check_hna_responses(data)
+            return data
         except FhirError as error:
             await self.keep_rejected(body, error, caller, peer, header)
             raise
@@ -185,19 +303,73 @@ class FhirIntake:
         if_none_exist: str | None,
         caller: Caller,
         peer: str,
+        prefer: str | None = None,
     ) -> FhirReply:
         """FHIR create (with conditional create); ``FhirError`` carries any refusal (503 if the database
-        fails), after the body was kept as a rejected record."""
+        fails), after the body was kept as a rejected record.
+
+        An NHS number failing the modulus 11 check (or of the wrong length) is stored under the local
+        invalid-number system, never as an NHS number, and the resource is still created: a bad number
+        alone never refuses a referral. The warning is kept on the message record and answered: as the
+        body (an OperationOutcome) when ``Prefer: return=OperationOutcome`` asks for it; otherwise the
+        returned resource shows the demoted identifier (its system and type).
+        """
         header: dict[str, Any] = {"interaction": "create", "resource_type": resource_type}
         data = await self._validated(body, content_type, resource_type, caller, peer, header)
+        data, invalid = check_nhs_numbers(data)
+        warnings = [finding.issue() for finding in invalid]
         try:
             try:
-                return await self._conditional_create(resource_type, data, body, if_none_exist, caller, peer, header)
+                reply = await self._conditional_create(
+                    resource_type, data, body, if_none_exist, caller, peer, header, warnings
+                )
             except PyMongoError as exc:
                 raise _unavailable(f"{resource_type} not stored", exc) from exc
         except FhirError as error:
             await self.keep_rejected(body, error, caller, peer, header)
             raise
+        if not prefers_outcome(prefer):
+            return reply
+        done = "created" if reply.status == 201 else "already exists: the stored version is unchanged"
+        what = f"{resource_type}/{reply.body.get('id')} {done}"
+        outcome = operation_outcome([*warnings, fhir_issue("information", "informational", what)])
+        return FhirReply(reply.status, outcome, reply.headers)
+
+    async def _created_by(self, resource_type: str, rid: str, ods_code: str) -> bool:
+        """Whether version 1 of ``rid`` came from a message of the organisation ``ods_code``."""
+        first = await self._store.history.find_one(
+            {"_id": f"{resource_type}/{rid}/_history/1"}, {"resource.meta.source": 1}
+        )
+        source = str((((first or {}).get("resource") or {}).get("meta") or {}).get("source") or "")
+        try:
+            message_id = uuid.UUID(source.removeprefix("urn:uuid:")).hex
+        except ValueError:
+            return False
+        message = await self._store.messages.find_one({"_id": message_id}, {"caller": 1})
+        return bool(((message or {}).get("caller") or {}).get("ods_code") == ods_code)
+
+    async def _created_as(self, resource_type: str, rid: str, data: Resource) -> bool:
+        """Whether version 1 of ``rid`` holds ``data``: the same create again, after the mapper has since
+        normalised the resource (profile, patient link) or the pathway moved it on."""
+        first = await self._resources.vread(resource_type, rid, "1")
+        return first is not None and content_of(first["resource"]) == content_of(data)
+
+    async def _owned_legacy(self, resource_type: str, data: Resource, scoped: str, caller: Caller) -> str | None:
+        """The unscoped id a resource was stored under before ids were scoped, when it exists and this
+        caller's organisation created it: its resends then still find it instead of creating a twin."""
+        old = legacy_id(resource_type, data)
+        if old is None or old == scoped or await self._resources.read(resource_type, old) is None:
+            return None
+        return old if await self._created_by(resource_type, old, caller.ods_code) else None
+
+    async def _in_scope(self, doc: Document, caller: Caller) -> bool:
+        """Whether a stored resource belongs to the caller's scope: its id is the one its identifiers
+        give for the caller's organisation (or a national identifier's), or it is an unscoped resource
+        from before scoping that this organisation created."""
+        rtype, rid = str(doc["type"]), str(doc["id"])
+        if business_id(rtype, doc["resource"], caller.ods_code) == rid:
+            return True
+        return legacy_id(rtype, doc["resource"]) == rid and await self._created_by(rtype, rid, caller.ods_code)
 
     async def _conditional_create(
         self,
@@ -208,20 +380,26 @@ class FhirIntake:
         caller: Caller,
         peer: str,
         header: dict[str, Any],
+        warnings: list[dict[str, Any]],
     ) -> FhirReply:
-        """The If-None-Exist match if there is one, else a create; ``FhirError`` 400/409/412 refuses."""
+        """The If-None-Exist match in the caller's scope if there is one, else a create; ``FhirError``
+        400/409/412 refuses."""
         if if_none_exist is not None:
             system, value = parse_if_none_exist(if_none_exist)
-            matches = await self._resources.by_identifier(resource_type, system, value)
+            found = await self._resources.by_identifier(resource_type, system, value, limit=MATCH_LIMIT)
+            matches = [doc for doc in found if await self._in_scope(doc, caller)]
             if len(matches) > 1:
                 raise FhirError(
                     412, "multiple-matches", f"If-None-Exist {if_none_exist!r} matches more than one {resource_type}"
                 )
             if matches:
                 return self._existing_reply(matches[0])
-        identifiers = business_identifiers(data)
-        rid = resource_id(resource_type, *identifiers[0]) if identifiers else str(uuid.uuid4())
-        return await self._create_new(resource_type, rid, data, body, caller, peer, header)
+        scoped = business_id(resource_type, data, caller.ods_code)
+        if scoped is None:
+            rid = str(uuid.uuid4())
+        else:
+            rid = await self._owned_legacy(resource_type, data, scoped, caller) or scoped
+        return await self._create_new(resource_type, rid, data, body, caller, peer, header, warnings)
 
     async def _create_new(
         self,
@@ -232,6 +410,7 @@ class FhirIntake:
         caller: Caller,
         peer: str,
         header: dict[str, Any],
+        warnings: list[dict[str, Any]] | None = None,
     ) -> FhirReply:
         """Create version 1 of ``rid``, or answer with the stored one if it has the same content.
 
@@ -242,7 +421,9 @@ class FhirIntake:
         for attempt in range(CREATE_ATTEMPTS):
             existing = await self._resources.read(resource_type, rid)
             if existing is not None:
-                if content_of(existing["resource"]) == content_of(data):
+                if content_of(existing["resource"]) == content_of(data) or await self._created_as(
+                    resource_type, rid, data
+                ):
                     return self._existing_reply(existing)  # the same create again: idempotent
                 raise FhirError(
                     409,
@@ -253,7 +434,7 @@ class FhirIntake:
             record = self._record(body, caller, peer, {**header, "id": rid})
             now = record["received_at"]
             resource = validate(stamp(data, rid, 1, now, f"urn:uuid:{uuid.UUID(record['_id'])}"))
-            record.update(status="ready", issues=[], fhir={"resources": [f"{resource_type}/{rid}"]})
+            record.update(status="ready", issues=warnings or [], fhir={"resources": [f"{resource_type}/{rid}"]})
             try:
                 await self._write_created(record, resource, now)
             except DuplicateKeyError:
@@ -304,25 +485,38 @@ class FhirIntake:
                     "a message Bundle's first entry must be a MessageHeader",
                     expression=["Bundle.entry[0].resource"],
                 )
+            refusals, not_stored = bundle_refusals(bundle_type, entries)
+            # Batch entries refused above are answered one by one, not by refusing the whole Bundle.
+            check_update_targets([{} if index in refusals else entry for index, entry in enumerate(entries)])
         except FhirError as error:
             await self.keep_rejected(body, error, caller, peer, header)
             raise
         record = self._record(
             body, caller, peer, {**header, "bundle_type": bundle_type, "message_header": first.get("id")}
         )
-        plan = [self._plan_entry(entry) for entry in entries]
+        plan = [
+            self._plan_entry(entry, caller.ods_code) | self._refused(refusals.get(index))
+            for index, entry in enumerate(entries)
+        ]
         reply = (
             self._message_response(data, first, record["_id"])
             if bundle_type == "message"
             else self._transaction_receipt(bundle_type, plan)
         )
+        warnings = nhs_number_warnings(entries)
+        # A refused entry is answered with its refusal alone (nothing of it is applied); a message entry
+        # the hub does not store is named in the response.
+        warnings = {i: w for i, w in warnings.items() if i not in refusals}
+        for index, issues in not_stored.items():
+            warnings[index] = [*warnings.get(index, []), *issues]
+        reply = with_entry_warnings(reply, warnings)
         record.update(
             status="ready",
-            issues=[],
+            issues=[w for index in sorted(warnings) for w in warnings[index]],
             fhir={"bundle_type": bundle_type, "entries": plan},
             reply={"status": reply.status, "body": reply.body},
         )
-        key = self._bundle_key(data, first, bundle_type)
+        key = self._bundle_key(data, first, bundle_type, caller.ods_code)
         if key:
             record["dedup_key"] = key
         try:
@@ -340,18 +534,20 @@ class FhirIntake:
         )
 
     @staticmethod
-    def _bundle_key(data: Resource, first: Resource, bundle_type: str) -> str | None:
-        """Resending the same Bundle (same identifier, or same MessageHeader id) is a duplicate."""
+    def _bundle_key(data: Resource, first: Resource, bundle_type: str, ods_code: str) -> str | None:
+        """Resending the same Bundle (same identifier from the same organisation, or same MessageHeader
+        id) is a duplicate; another trust's Bundle with the same identifier is not."""
         ids = business_identifiers(data)
         if ids:
-            return f"fhir|bundle|{ids[0][0]}|{ids[0][1]}"
+            return f"fhir|bundle|{identifier_scope(ids[0][0], ods_code)}|{ids[0][1]}"
         if bundle_type == "message" and first.get("id"):
             return f"fhir|message|{first['id']}"
         return None
 
     @staticmethod
-    def _plan_entry(entry: dict[str, Any]) -> dict[str, Any]:
-        """The id this hub gives an entry's resource, so the mapper and the receipt agree on it."""
+    def _plan_entry(entry: dict[str, Any], ods_code: str) -> dict[str, Any]:
+        """The id this hub gives an entry's resource, so the mapper and the receipt agree on it (from its
+        business identifiers, scoped by the caller's organisation ``ods_code``: ``business_id``)."""
         resource = entry.get("resource") or {}
         request = entry.get("request") or {}
         method, url = request.get("method"), request.get("url", "")
@@ -360,14 +556,24 @@ class FhirIntake:
         if rtype and method == "PUT" and "?" not in url and url.count("/") == 1:
             assigned = url.split("/", 1)[1]
         elif rtype and method in (None, "POST"):
-            ids = business_identifiers(resource)
-            assigned = resource_id(rtype, *ids[0]) if ids else resource.get("id") or str(uuid.uuid4())
+            assigned = business_id(rtype, resource, ods_code) or resource.get("id") or str(uuid.uuid4())
         return {"fullUrl": entry.get("fullUrl"), "method": method, "url": url or None, "type": rtype, "id": assigned}
 
     @staticmethod
+    def _refused(refusal: EntryRefusal | None) -> dict[str, Any]:
+        """What the plan records for an entry that is not carried out: no id (the mapper skips it) and why."""
+        return {} if refusal is None else {"id": None, "refused": refusal.to_doc()}
+
+    @staticmethod
     def _transaction_receipt(bundle_type: str, plan: list[dict[str, Any]]) -> FhirReply:
+        """202 for the Bundle; per entry "202 Accepted" with the id it will have, or, for a batch entry
+        that is not carried out, its own error status with an OperationOutcome."""
         entries = []
-        for item in plan:
+        for index, item in enumerate(plan):
+            if item.get("refused"):
+                refusal = EntryRefusal(index, item["refused"]["status"], item["refused"]["issues"])
+                entries.append({"response": refusal.response()})
+                continue
             response: dict[str, Any] = {"status": "202 Accepted"}
             if item["type"] and item["id"]:
                 response["location"] = f"{item['type']}/{item['id']}"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.er7 import UTF8_BOM, SegmentSpan, Separators, first_component
+from shared.nhs import is_valid_nhs_number, normalise_nhs_number, redact_nhs_number
 
 # HL7 table 0357 (message error condition codes) as used by intake.
 SEGMENT_SEQUENCE_ERROR = 100
@@ -279,6 +280,50 @@ def check_segments(data: bytes, spans: list[SegmentSpan], field_separator: bytes
             )
 
 
+# PID fields an NHS number may sit in, and the CX markers that say a repetition is one (HL7 UK: CX.5
+# identifier type "NH", or "NHSNMBR" from some PAS; CX.4 assigning authority "NHS").
+NHS_NUMBER_FIELDS = (3, 2)
+NHS_NUMBER_TYPES = frozenset({"NH", "NHSNMBR"})
+
+
+def nhs_number_issues(data: bytes, spans: list[SegmentSpan], seps: Separators) -> list[Issue]:
+    """Warnings for the NHS numbers in the first PID (PID-3, PID-2 repetitions marked as NHS numbers)
+    that fail the modulus 11 check or are not ten digits.
+
+    A cheap read of one segment, no parse, so the sender hears of a bad number in the ACK (ERR with
+    severity W on an AA/CA): the message is still accepted, an urgent referral is never refused for a
+    bad number alone, and the mapper keeps the number under a local system, not as an NHS number.
+    Where a sender's configuration puts an unmarked NHS number elsewhere (e.g. a bare PID-2), only the
+    mapper knows; it then warns on the message record. Never raises.
+    """
+    pid = next((span for span in spans if span.name(data) == b"PID"), None)
+    if pid is None:
+        return []
+    fields = data[pid.start : pid.end].decode("latin-1").split(seps.field)
+    issues = []
+    for number in NHS_NUMBER_FIELDS:
+        if number >= len(fields):
+            continue
+        for rep in fields[number].split(seps.repetition):
+            parts = rep.split(seps.component)
+            value = parts[0].strip()
+            kind = parts[4].strip().upper() if len(parts) > 4 else ""
+            authority = parts[3].split(seps.subcomponent, 1)[0].strip().upper() if len(parts) > 3 else ""
+            if not value or (kind not in NHS_NUMBER_TYPES and authority != "NHS"):
+                continue
+            if not is_valid_nhs_number(normalise_nhs_number(value)):
+                issues.append(
+                    Issue(
+                        "W",
+                        DATA_TYPE_ERROR,
+                        f"PID-{number} NHS number {redact_nhs_number(value)} fails the modulus 11 check: "
+                        "accepted, but kept as a local identifier, not as an NHS number; please correct it",
+                        f"PID-{number}",
+                    )
+                )
+    return issues
+
+
 def read_message(
     data: bytes,
     spans: list[SegmentSpan],
@@ -331,4 +376,5 @@ def read_message(
         raise Rejection(
             APPLICATION_INTERNAL_ERROR, f"character set {forced_charset!r} is not known: {exc}", location="MSH-18"
         ) from exc
-    return HeaderRead(header, text, codec, issues + charset_issues)
+    nhs_issues = nhs_number_issues(data, spans, header.separators)
+    return HeaderRead(header, text, codec, issues + charset_issues + nhs_issues)

@@ -57,7 +57,13 @@ async def create_service_request(
     header = {"interaction": "create", "resource_type": "ServiceRequest"}
     body = await _read_body(request, intake, header, caller, peer)
     reply = await intake.fhir.create(
-        "ServiceRequest", body, request.headers.get("content-type"), if_none_exist, caller, peer
+        "ServiceRequest",
+        body,
+        request.headers.get("content-type"),
+        if_none_exist,
+        caller,
+        peer,
+        prefer=request.headers.get("prefer"),
     )
     return respond(reply)
 
@@ -70,7 +76,8 @@ async def post_bundle(request: Request, intake: Intake, caller: CallerDep, peer:
 
 @router.post("/{resource_type}/$validate", summary="Validate a resource", response_class=FhirResponse)
 async def validate_operation(resource_type: str, request: Request, intake: Intake) -> FhirResponse:
-    """Validate without storing anything: 200 information, or the errors (400, 413, 415)."""
+    """Validate without storing anything: 200 information, or the errors (400, 413, 415); structure and
+    the codes of required bindings (contained resources included) are checked, as create checks them."""
     _known_type(resource_type)
     check_content_type(request.headers.get("content-type"))
     limit = intake.settings.mllp_max_message_bytes
@@ -80,7 +87,7 @@ async def validate_operation(resource_type: str, request: Request, intake: Intak
     data = parse_json(body)
     if data.get("resourceType") == "Parameters":
         data = _resource_parameter(data)
-    validate_resource(data, resource_type)
+    validate_resource(data, resource_type, bindings=True)
     return FhirResponse(operation_outcome([issue("information", "informational", f"{resource_type} is valid FHIR R4")]))
 
 

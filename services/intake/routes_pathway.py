@@ -16,6 +16,7 @@ from fastapi import APIRouter, Header, Request
 
 from shared.auth import Caller
 from shared.fhir import FhirError, check_content_type, parse_json, validate
+from shared.nhs import check_nhs_numbers
 from shared.store import Document
 
 from ..pathway.service import parse_transition
@@ -93,7 +94,9 @@ async def _update(
     header = {"interaction": "update", "resource_type": resource_type, "id": resource_id}
     try:
         expected = parse_if_match(if_match)
-        resource = validate(parse_json(body), resource_type)
+        resource = validate(parse_json(body), resource_type, bindings=True)
+        # As on create: an NHS number failing the check is never stored as one (the answer shows it demoted).
+        resource, _ = check_nhs_numbers(resource)
         result = await intake.pathway.update(resource, resource_type, resource_id, expected, body, caller, peer)
     except FhirError as error:
         await intake.fhir.keep_rejected(body, error, caller, peer, header)

@@ -8,6 +8,12 @@ Supported (anything else is refused with an OperationOutcome, never silently ign
     ServiceRequest, Encounter, CarePlan, QuestionnaireResponse
                     patient / subject (Patient/id or id), status
     ServiceRequest  requester (Organization/ODS or a reference), requester:identifier (system|value)
+    Condition       patient / subject, verification-status, category (tokens: code or system|code)
+    AllergyIntolerance
+                    patient, criticality, category
+    Procedure       patient / subject, status, category (token)
+    Task            patient / subject (Task.for), focus (the referral), status, owner and requester
+                    (Organization/ODS or a reference)
 
 Results are sorted by last update then id, so paging with ``_offset`` is stable.
 """
@@ -123,6 +129,22 @@ def _exact(field: str) -> Callable[[str, str], Query]:
     return build
 
 
+def _concept_token(field: str) -> Callable[[str, str], Query]:
+    """A token on a CodeableConcept (or a list of them): ``code`` or ``system|code``; comma = or."""
+
+    def build(value: str, name: str) -> Query:
+        matches: list[Query] = []
+        for part in value.split(","):
+            system, bar, code = part.rpartition("|")
+            match: Query = {"code": code if bar else part}
+            if bar and system:
+                match["system"] = system
+            matches.append({f"{field}.coding": {"$elemMatch": match}})
+        return matches[0] if len(matches) == 1 else {"$or": matches}
+
+    return build
+
+
 def _name_prefix(*fields: str) -> Callable[[str, str], Query]:
     def build(value: str, name: str) -> Query:
         pattern = {"$regex": f"^{re.escape(value)}", "$options": "i"}
@@ -161,6 +183,19 @@ def _requester_identifier(value: str, name: str) -> Query:
     return _requester_match(code, system or None)
 
 
+def _organization(field: str) -> Callable[[str, str], Query]:
+    """``Organization/RBL`` (or ``RBL``): a reference to it, or an Organization identified by that ODS code
+    (as the data-quality Task names the referring trust in ``owner``)."""
+
+    def build(value: str, name: str) -> Query:
+        code = value.split("/", 1)[1] if value.startswith("Organization/") else value
+        ref = value if "/" in value else f"Organization/{value}"
+        by_code = {f"{field}.identifier.system": ODS_SYSTEM, f"{field}.identifier.value": code}
+        return {"$or": [{f"{field}.reference": ref}, by_code]}
+
+    return build
+
+
 Builder = Callable[[str, str], Query]
 _CLINICAL: dict[str, Builder] = {
     "patient": _reference("resource.subject", "Patient"),
@@ -180,6 +215,27 @@ PARAMETERS: dict[str, dict[str, Builder]] = {
     "CarePlan": dict(_CLINICAL),
     "QuestionnaireResponse": dict(_CLINICAL),
     "DiagnosticReport": dict(_CLINICAL),
+    "Condition": {
+        "patient": _CLINICAL["patient"],
+        "subject": _CLINICAL["subject"],
+        "verification-status": _concept_token("resource.verificationStatus"),
+        "category": _concept_token("resource.category"),
+    },
+    "AllergyIntolerance": {
+        "patient": _reference("resource.patient", "Patient"),
+        "criticality": _exact("resource.criticality"),
+        "category": _exact("resource.category"),
+    },
+    "Procedure": {**_CLINICAL, "category": _concept_token("resource.category")},
+    # The data-quality Task of a referral (services/mapper/data_quality.py): its patient is Task.for.
+    "Task": {
+        "patient": _reference("resource.for", "Patient"),
+        "subject": _reference("resource.for", "Patient"),
+        "focus": _reference("resource.focus", "ServiceRequest"),
+        "status": _exact("resource.status"),
+        "owner": _organization("resource.owner"),
+        "requester": _organization("resource.requester"),
+    },
     "Questionnaire": {"status": _exact("resource.status")},
 }
 COMMON: dict[str, Builder] = {"_id": _exact("id"), "_lastUpdated": _last_updated}
@@ -196,6 +252,11 @@ PARAM_TYPES = {
     "subject": "reference",
     "status": "token",
     "requester": "reference",
+    "verification-status": "token",
+    "category": "token",
+    "criticality": "token",
+    "focus": "reference",
+    "owner": "reference",
 }
 
 

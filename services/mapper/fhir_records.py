@@ -5,26 +5,36 @@ record: fullUrl, method, url, type, id). Here each supported entry becomes a res
 ``urn:uuid:`` and other fullUrl references between entries are rewritten to ``Type/id``, and the UK
 Core profile is added. Entries that are not resources to store (DELETE, GET, conditional requests,
 operations, unsupported types) are reported as unmapped, never dropped silently.
+
+FHIR resources then meet HL7v2 ones (``normalise``): an NHS number failing the check is moved to the
+local invalid-number system (a warning, never an NHS number), and a subject given by a valid NHS number
+is linked to the Patient every route gives that number, created when absent and never overwritten.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from shared.nhs import NHS_NUMBER_SYSTEM, check_nhs_numbers, is_valid_nhs_number, nhs_patient_id
 from shared.store import Document
+from shared.stored_types import STORED_TYPES
 
+from .hna import plan_issues
 from .model import MappingError, MappingResult, Patch, Resource, issue
 
 UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-"
-STORED_TYPES = ("Patient", "ServiceRequest", "Encounter", "CarePlan", "QuestionnaireResponse")
 # Envelope resources of a message Bundle: consumed by the messaging layer, not stored as resources.
 ENVELOPE_TYPES = ("MessageHeader",)
 
-Derive = Callable[[Resource], tuple[list[Resource], list[Patch]]]
+# What a stored resource implies (pathway.derive): given the resource and when the hub received it.
+Derive = Callable[[Resource, datetime | None], tuple[list[Resource], list[Patch]]]
+# Elements that name the patient a resource is about; a reference by NHS number is linked to the Patient.
+_SUBJECT_ELEMENTS = ("subject", "patient")
 
 
 def with_profile(resource: Resource) -> Resource:
@@ -65,13 +75,74 @@ def _source_time(data: Resource, received: datetime | None) -> datetime | None:
     return received
 
 
+def _patient_of(number: str) -> Resource:
+    return {
+        "resourceType": "Patient",
+        "id": nhs_patient_id(number),
+        "meta": {"profile": [f"{UK_CORE}Patient"]},
+        "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": number}],
+    }
+
+
+def _create_only(number: str, current: Resource | None) -> Resource:
+    # A patient named only by NHS number says nothing else about them: what is stored stays as it is.
+    return current if current is not None else _patient_of(number)
+
+
+def patient_patch(number: str) -> Patch:
+    """The Patient with this (valid) NHS number, created when absent and never overwritten."""
+    return Patch(
+        "Patient",
+        nhs_patient_id(number),
+        functools.partial(_create_only, number),
+        "patient named by NHS number in a FHIR reference",
+        ordered=False,
+    )
+
+
+def link_patient(resource: Resource) -> tuple[Resource, list[Patch]]:
+    """``subject`` / ``patient`` given only by a valid NHS number gets ``reference: Patient/{id}`` (the id
+    every route gives that NHS number, ``shared.nhs.nhs_patient_id``), plus a patch creating that Patient
+    when it is absent. References (to a stored or a same-Bundle Patient) are left as they are; so is
+    any other identifier, which cannot say which patient it means across trusts."""
+    out, patches = resource, []
+    for element in _SUBJECT_ELEMENTS:
+        value = resource.get(element)
+        if not isinstance(value, dict) or value.get("reference"):
+            continue
+        ident = value.get("identifier")
+        if not isinstance(ident, dict) or ident.get("system") != NHS_NUMBER_SYSTEM:
+            continue
+        number = str(ident.get("value") or "")
+        if not is_valid_nhs_number(number):
+            continue  # check_nhs_numbers has demoted it already; this is only a guard
+        out = {**out, element: {**value, "reference": f"Patient/{nhs_patient_id(number)}"}}
+        patches.append(patient_patch(number))
+    return out, patches
+
+
+def normalise(resource: Resource, result: MappingResult, where: str | None = None) -> tuple[Resource, list[Patch]]:
+    """The resource as the hub stores it from FHIR: NHS numbers checked (an invalid one demoted, with
+    a warning on ``result``), the patient linked by NHS number, the UK Core profile added."""
+    checked, invalid = check_nhs_numbers(resource, where)
+    result.issues += [finding.issue() for finding in invalid]
+    linked, patches = link_patient(checked)
+    return with_profile(linked), patches
+
+
 def map_created(record: Document, derive: Derive) -> MappingResult:
-    """A resource created through the FHIR API: normalised (UK Core profile) plus what it implies."""
+    """A resource created through the FHIR API: normalised (UK Core profile, NHS numbers checked, the
+    patient linked) plus what it implies."""
     data: Resource = json.loads(record["raw"])
     rid = record["header"]["id"]
-    resource = with_profile({**data, "id": rid})
-    implied, patches = derive(resource)
-    return MappingResult(resources=[resource, *implied], patches=patches, source_time=record.get("received_at"))
+    received = record.get("received_at")
+    result = MappingResult(source_time=received)
+    resource, patient_patches = normalise({**data, "id": rid}, result)
+    implied, patches = derive(resource, received)
+    result.issues += plan_issues(resource)  # an HNA without its support plan says why
+    result.resources += [resource, *implied]
+    result.patches += [*patient_patches, *patches]
+    return result
 
 
 def map_bundle(record: Document, derive: Derive) -> MappingResult:
@@ -103,10 +174,12 @@ def map_bundle(record: Document, derive: Derive) -> MappingResult:
         if method not in (None, "POST", "PUT") or not item.get("id"):
             result.unmapped.append(f"{where} {method} {item.get('url')}: only create and update by id are applied")
             continue
-        mapped = with_profile(_rewrite_references({**resource, "id": item["id"]}, targets))
-        implied, patches = derive(mapped)
+        rewritten = _rewrite_references({**resource, "id": item["id"]}, targets)
+        mapped, patient_patches = normalise(rewritten, result, f"{where}.resource")
+        implied, patches = derive(mapped, record.get("received_at"))
+        result.issues += plan_issues(mapped)  # an HNA without its support plan says why
         result.resources += [mapped, *implied]
-        result.patches += patches
+        result.patches += [*patient_patches, *patches]
     if not result.resources:
         result.issues.append(issue("warning", "informational", "the Bundle holds no resource the hub stores"))
     return result

@@ -1,31 +1,36 @@
 """The Holistic Needs Assessment: the Questionnaire the hub publishes, and the support plan an HNA implies.
 
-Domains, item texts and the support threshold are data (``data/hna_questionnaire.json``): the checklist
-wording may be licensed, so no text lives in code. A QuestionnaireResponse answering this Questionnaire
-gives a CarePlan (the Personalised Care and Support Plan) with one activity per concern scored at or
-above the threshold, and one for the distress score when it reaches it; responses to other
-Questionnaires are stored without a plan.
+Domains, item texts and the support threshold are data (``shared/data/hna_questionnaire.json``, read by
+``shared/hna.py``, which intake uses too): the checklist wording may be licensed, so no text lives in
+code. A QuestionnaireResponse answering this Questionnaire (by canonical URL, ``canonical|version`` or
+``Questionnaire/mscc-hna``) gives a CarePlan (the Personalised Care and Support Plan) with one activity
+per concern scored at or above the threshold, and one for the distress score when it reaches it.
+
+Intake refuses responses that do not fit the Questionnaire; one that reaches the mapper anyway (stored
+before that check, or without a patient) gets no plan, and ``plan_issues`` says why on the message's
+processing record: never a silent drop.
 """
 
 from __future__ import annotations
 
-import json
-from functools import cache
-from importlib import resources as package_files
 from typing import Any
 
+from shared.hna import definition as definition  # re-exported: the mapper's view of the questionnaire
+from shared.hna import is_hna, items, problems, scores
 from shared.ids import resource_id
 
-from .model import Resource
+from .model import OutcomeIssue, Resource, issue
 
 UK_CORE_CAREPLAN = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-CarePlan"
-
-
-@cache
-def definition() -> dict[str, Any]:
-    text = package_files.files(__package__).joinpath("data/hna_questionnaire.json").read_text("utf-8")
-    data: dict[str, Any] = json.loads(text)
-    return data
+SUPPORT_PLAN_NAMESPACE = "urn:mscc:hna-support-plan"
+# QuestionnaireResponse.status -> the support plan's status: a completed (or amended) HNA gives an active
+# plan, which is what the hna-completed topic announces.
+_PLAN_STATUS = {
+    "completed": "active",
+    "amended": "active",
+    "stopped": "revoked",
+    "entered-in-error": "entered-in-error",
+}
 
 
 def questionnaire() -> Resource:
@@ -65,34 +70,53 @@ def questionnaire() -> Resource:
     }
 
 
-def _answers(items: list[dict[str, Any]]) -> dict[str, int]:
-    """linkId -> integer answer, through nested groups; non-integer answers are ignored."""
-    out: dict[str, int] = {}
-    for item in items:
-        for answer in item.get("answer") or []:
-            if isinstance(answer.get("valueInteger"), int):
-                out[item["linkId"]] = answer["valueInteger"]
-        out.update(_answers(item.get("item") or []))
-    return out
+def support_plan_id(response_id: str) -> str:
+    return resource_id("CarePlan", SUPPORT_PLAN_NAMESPACE, response_id)
+
+
+def plan_issues(response: Resource) -> list[OutcomeIssue]:
+    """Why a QuestionnaireResponse gets no support plan, as warnings for the message's processing
+    record (a response to a questionnaire the hub does not know, answers that do not fit, no patient);
+    empty when it gets one, or when ``response`` is not a QuestionnaireResponse."""
+    if response.get("resourceType") != "QuestionnaireResponse":
+        return []
+    found = problems(response)
+    if found:
+        reasons = "; ".join(p["diagnostics"] for p in found)
+        return [
+            issue(
+                "warning", "business-rule", f"no support plan for QuestionnaireResponse/{response.get('id')}: {reasons}"
+            )
+        ]
+    if not response.get("subject"):
+        return [
+            issue(
+                "warning",
+                "required",
+                f"no support plan for QuestionnaireResponse/{response.get('id')}: it names no patient (subject)",
+                "QuestionnaireResponse.subject",
+            )
+        ]
+    return []
 
 
 def support_plan(response: Resource) -> list[Resource]:
-    """The CarePlan an HNA response implies, or nothing when it answers another Questionnaire."""
+    """The CarePlan an HNA response implies; nothing (and ``plan_issues`` says why) when it does not fit
+    the hub's Questionnaire or names no patient."""
     spec = definition()
-    if response.get("resourceType") != "QuestionnaireResponse" or response.get("questionnaire") != spec["url"]:
+    if response.get("resourceType") != "QuestionnaireResponse" or not is_hna(response) or problems(response):
         return []
     threshold = int(spec["support_threshold"])
-    answers = _answers(response.get("item") or [])
-    texts = {i["linkId"]: i["text"] for d in spec["domains"] for i in d["items"]}
-    texts[spec["distress"]["linkId"]] = "Distress"
+    texts = {**items().scored, spec["distress"]["linkId"]: "Distress"}
     concerns = sorted(
-        ((score, link) for link, score in answers.items() if link in texts and score >= threshold), reverse=True
+        ((score, link) for link, score in scores(response).items() if link in texts and score >= threshold),
+        reverse=True,
     )
     plan: Resource = {
         "resourceType": "CarePlan",
-        "id": resource_id("CarePlan", "urn:mscc:hna-support-plan", response["id"]),
+        "id": support_plan_id(response["id"]),
         "meta": {"profile": [UK_CORE_CAREPLAN]},
-        "status": "active" if response.get("status") == "completed" else "draft",
+        "status": _PLAN_STATUS.get(str(response.get("status")), "draft"),
         "intent": "plan",
         "title": "Personalised Care and Support Plan",
         "category": [{"text": "Personalised care and support plan (holistic needs assessment)"}],

@@ -53,6 +53,10 @@ class Patch:
     resource_id: str
     apply: Callable[[Resource | None], Resource]
     reason: str
+    # False for a patch that only creates what is missing (a Patient named by NHS number in a FHIR
+    # referral): it does not stamp the message's time on the resource, so a fuller message dated
+    # earlier (an ADT queued at the trust) is still applied rather than reported as stale.
+    ordered: bool = True
 
 
 @dataclass

@@ -10,8 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from .data_quality import referral_task
 from .hl7.mscc import Pathway, assessment_patch, care_plan_patch
-from .hl7.supporting import Neurological, neurological_reading, value_text
+from .hl7.neurological import combine
+from .hl7.supporting import Neurological, observation_reading
 from .hna import support_plan
 from .model import Patch, Resource
 
@@ -25,7 +27,6 @@ _ENCOUNTER_STATUS = {
     "entered-in-error": "cancelled",
 }
 _PLAN_STATUS = {"draft", "active", "on-hold", "completed", "revoked", "entered-in-error"}
-NEUROLOGICAL_CODE = "neurological-status"
 
 
 def _start(value: Any) -> datetime | None:
@@ -38,24 +39,24 @@ def _start(value: Any) -> datetime | None:
 
 
 def neurological(request: Resource) -> Neurological:
-    """Neurological status from contained Observations coded ``neurological-status`` (as the HL7v2
-    mapping writes them), read by the same rules; any sign present wins; "unknown" otherwise, which
-    takes the safe 24-hour window."""
-    found: Neurological = "unknown"
-    for item in request.get("contained") or []:
-        codes = [c.get("code") for c in (item.get("code") or {}).get("coding") or []]
-        if item.get("resourceType") != "Observation" or NEUROLOGICAL_CODE not in codes:
-            continue
-        value = next(((k, v) for k, v in item.items() if k.startswith("value")), None)
-        reading = neurological_reading(value_text(value))
-        if "present" in (found, reading):
-            return "present"
-        found = "absent" if "absent" in (found, reading) else found
-    return found
+    """Neurological status from the referral's contained Observations, read by the rules the HL7v2
+    mapping uses (``hl7/supporting.py``): the neurological items (coded ``neurological-status``,
+    ``motor-power``, ``sensory-level``, ``sphincter-function``, or named so) by what they measure, any
+    other Observation only when it names a sign. Any sign wins, then anything unclear; "unknown" (the
+    safe 24-hour window) when nothing says. Other contained resources (a PractitionerRole requester)
+    are skipped, and no shape of contained content can make this raise."""
+    contained = request.get("contained")
+    found = [observation_reading(item) for item in (contained if isinstance(contained, list) else [])]
+    return combine(r for r in found if r is not None)
 
 
-def referral_patches(request: Resource) -> list[Patch]:
-    """The episode and plan patches of a referral; none without a subject (both need a patient)."""
+def referral_patches(request: Resource, received: datetime | None = None) -> list[Patch]:
+    """The episode and plan patches of a referral; none without a subject (both need a patient).
+
+    The clock starts at ``authoredOn`` when it carries a time of day, else when the hub received the
+    referral (``received``), as the HL7v2 mapping falls back to MSH-7: a FHIR referral without a
+    timed ``authoredOn`` still gets its deadlines.
+    """
     if not request.get("subject"):
         return []
     status = str(request.get("status", "active"))
@@ -65,15 +66,16 @@ def referral_patches(request: Resource) -> list[Patch]:
         encounter_status=_ENCOUNTER_STATUS.get(status, "planned"),
         plan_status=status if status in _PLAN_STATUS else "active",
         neurological=neurological(request),
-        start=_start(request.get("authoredOn")),
+        start=_start(request.get("authoredOn")) or received,
     )
     return [assessment_patch(pathway), care_plan_patch(pathway)]
 
 
-def derive(resource: Resource) -> tuple[list[Resource], list[Patch]]:
-    """Everything a stored resource implies: resources it fully determines, and patches."""
+def derive(resource: Resource, received: datetime | None = None) -> tuple[list[Resource], list[Patch]]:
+    """Everything a stored resource implies: resources it fully determines, and patches (``received``:
+    when the hub received the message, the clock start of a referral without a timed authoredOn)."""
     if resource.get("resourceType") == "ServiceRequest":
-        return [], referral_patches(resource)
+        return [referral_task(resource, None, neurological(resource))], referral_patches(resource, received)
     if resource.get("resourceType") == "QuestionnaireResponse":
         return support_plan(resource), []
     return [], []

@@ -14,6 +14,7 @@ from pymongo.errors import DuplicateKeyError
 from shared.fhir import validate
 from shared.resources import content_of, stamp, version_documents
 from shared.store import Store
+from shared.supervision import Heartbeat
 
 from .dispatch import make_mapper
 from .hl7.config import MappingConfig
@@ -67,7 +68,7 @@ class MapperService:
     async def prepare(self) -> None:
         await publish(self.store, questionnaire(), self._clock())
 
-    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> WorkerStats:
+    async def run(self, stop: asyncio.Event, *, burst: bool = False, heartbeat: Heartbeat | None = None) -> WorkerStats:
         await self.prepare()
         log.info("mapper running", extra={"owner": self.worker.owner, "burst": burst})
-        return await self.worker.run(stop, burst=burst)
+        return await self.worker.run(stop, burst=burst, heartbeat=heartbeat)

@@ -12,6 +12,17 @@ Outcomes on the message record (``status`` and ``processing``):
   an operator fixes the cause and reprocesses it;
 - transient errors (the database) go back to "ready" with ``next_attempt_at`` (exponential backoff with
   jitter); after ``max_attempts`` the message is "dead" (dead-lettered), never retried forever.
+
+One message never stops the others (isolation):
+- a mapping function that raises anything fails that message only ("failed", the exception in its
+  OperationOutcome, logged with the record id);
+- a batch whose commit fails for a reason that is not the database being unreachable (a resource the
+  validator refuses, a value MongoDB cannot store, any bug) is committed again one message at a time,
+  so only the culprit fails; a database outage sends the whole batch back to "ready" instead;
+- every claim counts (``map_attempts``): a message handed back more than ``max_attempts`` times
+  because its lease expired (the worker died while holding it) is dead-lettered when next claimed;
+- ``run`` survives any error of a cycle (logged, recorded on its heartbeat, paused, tried again), and
+  beats its heartbeat after every completed cycle for the supervisor and ``/readyz``.
 """
 
 from __future__ import annotations
@@ -27,9 +38,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import UpdateOne
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WriteConcernError
 
 from shared.store import Document, Store
+from shared.supervision import Heartbeat
 
 from .model import MappingError, MappingResult, TransientError, issue
 from .writer import LeaseLost, ResourceWriter
@@ -47,6 +59,7 @@ class WorkerConfig:
     backoff_base_s: float = 2.0
     backoff_max_s: float = 300.0
     idle_poll_s: float = 0.5
+    future_skew_s: float = 300.0  # see ResourceWriter: a message time further ahead is not trusted
 
 
 @dataclass
@@ -70,7 +83,7 @@ class MapperWorker:
         self._mapper = mapper
         self._config = config or WorkerConfig()
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._writer = ResourceWriter(store, self._clock)
+        self._writer = ResourceWriter(store, self._clock, timedelta(seconds=self._config.future_skew_s))
         self.owner = f"mapper-{uuid.uuid4().hex[:12]}"
         self.stats = WorkerStats()
 
@@ -115,7 +128,43 @@ class MapperWorker:
         )
         docs = [d async for d in self._store.messages.find({"lease.owner": token}).sort("received_at", 1)]
         self.stats.claimed += len(docs)
+        # Handed back again and again by lease expiry: the worker holding it died each time (a message
+        # that kills its worker). Dead-letter it rather than hand it out for ever.
+        worn = [d for d in docs if int(d.get("map_attempts", 1)) > self._config.max_attempts]
+        if worn:
+            await self._dead_letter(worn, token)
+            docs = [d for d in docs if int(d.get("map_attempts", 1)) <= self._config.max_attempts]
+            if not docs:
+                return ids, await self._claim_once_more()
         return ids, docs
+
+    async def _claim_once_more(self) -> list[Document]:
+        """After dead-lettering a whole claim, look again at once (more may be ready behind it)."""
+        _, docs = await self._claim_once()
+        return docs
+
+    async def _dead_letter(self, docs: list[Document], token: str) -> None:
+        now = self._clock()
+        ops = []
+        for doc in docs:
+            attempts = int(doc.get("map_attempts", 1)) - 1
+            text = (
+                f"claimed {attempts} times without an outcome (the worker mapping it stopped each time); "
+                "dead-lettered: look at the message, fix the cause and reprocess it"
+            )
+            log.error("message dead-lettered after repeated claims", extra={"record": doc["_id"], "claims": attempts})
+            outcome = {"resourceType": "OperationOutcome", "issue": [issue("fatal", "exception", text)]}
+            ops.append(
+                UpdateOne(
+                    {"_id": doc["_id"], "lease.owner": token},
+                    {
+                        "$set": {"status": "dead", "processing": {"status": "dead", "at": now, "outcome": outcome}},
+                        "$unset": {"lease": "", "next_attempt_at": ""},
+                    },
+                )
+            )
+        await self._store.messages.bulk_write(ops, ordered=False)
+        self.stats.dead += len(docs)
 
     async def run_once(self) -> int:
         """Claim and process one batch; the number of messages processed (0 when none were ready)."""
@@ -140,14 +189,40 @@ class MapperWorker:
         if transient:
             await self._retry_later(transient, token, "a transient error stopped the mapping")
         if mapped:
-            try:
-                await self._writer.commit(mapped, token)
-                self.stats.mapped += len(mapped)
-            except LeaseLost as exc:
-                log.warning("lease lost; another worker maps these messages", extra={"reason": str(exc)})
-            except TransientError as exc:
-                await self._retry_later([doc for doc, _ in mapped], token, str(exc))
+            await self._commit(mapped, token)
         return len(docs)
+
+    async def _commit(self, mapped: list[tuple[Document, MappingResult]], token: str) -> None:
+        """Write ``mapped``; on a failure that is not the database's, again one message at a time, so
+        that only the message that cannot be written fails (with the exception in its outcome)."""
+        try:
+            await self._writer.commit(mapped, token)
+            self.stats.mapped += len(mapped)
+            return
+        except LeaseLost as exc:
+            log.warning("lease lost; another worker maps these messages", extra={"reason": str(exc)})
+            return
+        except Exception as exc:  # isolated below: never lets one message stop the worker
+            error = exc
+        if _database_fault(error):
+            await self._retry_later([doc for doc, _ in mapped], token, str(error))
+            return
+        if len(mapped) > 1:
+            log.warning(
+                "batch could not be written; writing its messages one at a time",
+                extra={"messages": len(mapped), "reason": repr(error)[:300]},
+            )
+            for item in mapped:
+                await self._commit([item], token)
+            return
+        doc = mapped[0][0]
+        log.error("mapped resources could not be written", exc_info=error, extra={"record": doc["_id"]})
+        cause = error.__cause__ if isinstance(error, TransientError) and error.__cause__ else error
+        issues = [issue("fatal", "exception", f"the mapped resources could not be written: {cause!r}"[:2000])]
+        extra = getattr(cause, "issues", None)  # a FhirError: what the validator refused, and where
+        if isinstance(extra, list):
+            issues += [i for i in extra if isinstance(i, dict)]
+        await self._record_failures([(doc, issues)], token)
 
     async def _record_failures(self, failed: list[tuple[Document, list[dict[str, Any]]]], token: str) -> None:
         if not failed:
@@ -203,14 +278,19 @@ class MapperWorker:
         except PyMongoError:
             log.exception("could not record the retry; the lease will expire and the messages be claimed again")
 
-    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> WorkerStats:
+    async def run(self, stop: asyncio.Event, *, burst: bool = False, heartbeat: Heartbeat | None = None) -> WorkerStats:
         """Process until ``stop`` is set (or, with ``burst``, until nothing is ready); graceful: the
-        batch in hand is finished before returning."""
+        batch in hand is finished before returning. An error of one cycle (the database, or a bug
+        outside any one message) is logged and the worker pauses and goes on; messages it held are
+        claimed again when their lease expires, and counted."""
+        heartbeat = heartbeat or Heartbeat.none()
         while not stop.is_set():
             try:
                 done = await self.run_once()
-            except PyMongoError:
-                log.exception("mapper: database error; pausing before the next claim")
+                heartbeat.beat()
+            except Exception as exc:
+                log.exception("mapper: a cycle failed; pausing before the next claim")
+                heartbeat.failed(exc)
                 done = 0
             if done:
                 continue
@@ -219,3 +299,14 @@ class MapperWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._config.idle_poll_s)
         return self.stats
+
+
+def _database_fault(error: Exception) -> bool:
+    """Whether ``error`` says the database could not be used (retry the whole batch later) rather than
+    that something in the batch cannot be written (find the culprit)."""
+    cause = error.__cause__ if isinstance(error, TransientError) else error
+    if cause is None:
+        return True  # the writer gave up after repeated conflicts: contention, not content
+    if isinstance(cause, (ConnectionFailure, WriteConcernError, ExecutionTimeout)):
+        return True
+    return isinstance(cause, PyMongoError) and cause.has_error_label("TransientTransactionError")

@@ -10,7 +10,16 @@ Rules:
 - content that equals the current version (ids, versionId, lastUpdated and source aside) is no change;
 - a message older (MSH-7, Bundle.timestamp) than the one that last changed a resource does not
   overwrite it (out-of-order arrival); it is reported as stale on the processing record;
-- Patient.link entries (merges) are kept when later messages describe the patient without them;
+- a message dated more than ``future_skew`` ahead of the hub's clock (a sender's clock or time zone
+  wrong) is ordered by its arrival time instead, with a warning, so it cannot make later messages stale;
+- a message's Patient is matched to the stored patient by identifier (``matching.py``: the NHS number
+  across trusts, local numbers within their trust), so a sparser message (an ORU with the hospital
+  number only) updates the same Patient; references to it in the message's other resources follow;
+- a message whose demographics conflict with the matched patient is held: status ``needs-review``, an
+  OperationOutcome naming the conflict, nothing from it written; an operator applies it (the record's
+  ``review.decision`` is then "apply" and the conflict check is skipped) or rejects it;
+- Patient updates merge: identifiers are unioned, and what a message leaves out (telecom, address, GP,
+  ...) is kept (``matching.merge_patient``); Patient.link entries (merges) are kept;
 - a referral's pathway step and its history (set by transitions) are kept when a later referral
   message describes the referral without them.
 """
@@ -18,12 +27,13 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import InsertOne, ReplaceOne, UpdateOne
@@ -31,14 +41,18 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from shared.fhir import business_identifiers, validate
 from shared.ids import identifier_key
+from shared.nhs import NHS_NUMBER_SYSTEM
 from shared.resources import content_of, stamp
+from shared.review import NEEDS_REVIEW
 from shared.store import DURABLE, Document, Store
 
 from ..pathway.record import keep_pathway
-from .model import MappingResult, Resource, TransientError
+from .matching import Candidates, matching_identifiers, merge_patient, replaced_by, resolve
+from .model import MappingResult, OutcomeIssue, Patch, Resource, TransientError, issue
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 10  # hot resources (one patient, many messages) make concurrent writers conflict
+DEFAULT_FUTURE_SKEW = timedelta(minutes=5)
 
 
 class Conflict(Exception):
@@ -83,12 +97,54 @@ class _Batch:
     history: list[Document]
     outbox: list[Document]
     changed: set[str]
+    # Patient identifier key -> keys ("Patient/id") of the Patients holding it, as of this batch.
+    patients_by_identifier: dict[str, set[str]] = field(default_factory=dict)
+    # Per message: issues the writer adds (a future message time) and the conflicts that held it.
+    notes: dict[str, list[OutcomeIssue]] = field(default_factory=dict)
+    held: dict[str, list[OutcomeIssue]] = field(default_factory=dict)
+
+    def index_patient(self, doc: Document) -> None:
+        if doc.get("type") != "Patient":
+            return
+        for k in doc.get("identifier_keys") or []:
+            self.patients_by_identifier.setdefault(k, set()).add(doc["_id"])
+
+
+def _retarget(value: Any, aliases: dict[str, str]) -> Any:
+    """``value`` with every reference to an aliased Patient (and an aliased Patient's own id) replaced."""
+    if isinstance(value, dict):
+        out = {k: _retarget(v, aliases) for k, v in value.items()}
+        ref = out.get("reference")
+        if isinstance(ref, str) and ref in aliases:
+            out["reference"] = aliases[ref]
+        if out.get("resourceType") == "Patient" and f"Patient/{out.get('id')}" in aliases:
+            out["id"] = aliases[f"Patient/{out['id']}"].removeprefix("Patient/")
+        return out
+    if isinstance(value, list):
+        return [_retarget(v, aliases) for v in value]
+    return value
+
+
+def _retarget_patch(patch: Patch, aliases: dict[str, str]) -> Patch:
+    key = aliases.get(f"{patch.resource_type}/{patch.resource_id}")
+    target = key.removeprefix("Patient/") if key else patch.resource_id
+
+    def apply(current: Resource | None) -> Resource:
+        return dict(_retarget(patch.apply(current), aliases))
+
+    return dataclasses.replace(patch, resource_id=target, apply=apply)
 
 
 class ResourceWriter:
-    def __init__(self, store: Store, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], datetime] | None = None,
+        future_skew: timedelta = DEFAULT_FUTURE_SKEW,
+    ) -> None:
         self._store = store
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._future_skew = future_skew
 
     async def commit(self, mapped: list[tuple[Document, MappingResult]], owner: str) -> dict[str, list[Written]]:
         """Write every result and mark its message "mapped" (if ``owner`` still holds its lease).
@@ -110,39 +166,157 @@ class ResourceWriter:
         keys = {_key(r["resourceType"], r["id"]) for _, res in mapped for r in res.resources}
         keys |= {_key(p.resource_type, p.resource_id) for _, res in mapped for p in res.patches}
         current = {d["_id"]: d async for d in self._store.resources.find({"_id": {"$in": sorted(keys)}})}
+        # Patients are also found by identifier: a message naming the patient by hospital number only
+        # must reach the Patient stored under its NHS number.
+        patient_keys = {
+            identifier_key("Patient", system, value)
+            for _, res in mapped
+            for r in res.resources
+            if r.get("resourceType") == "Patient"
+            for system, value in matching_identifiers(r)
+        }
+        if patient_keys:
+            query = {"type": "Patient", "identifier_keys": {"$in": sorted(patient_keys)}}
+            async for doc in self._store.resources.find(query):
+                current.setdefault(doc["_id"], doc)
+            # ... and so are the survivors of the merges those patients were merged into.
+            patients = [d["resource"] for d in current.values() if d["type"] == "Patient"]
+            missing = {f"Patient/{rid}" for p in patients if (rid := replaced_by(p))} - current.keys()
+            if missing:
+                async for doc in self._store.resources.find({"_id": {"$in": sorted(missing)}}):
+                    current.setdefault(doc["_id"], doc)
         batch = _Batch(self._clock(), current, {k: d["version"] for k, d in current.items()}, [], [], set())
+        for doc in current.values():
+            batch.index_patient(doc)
         written: dict[str, list[Written]] = {}
         for message, result in mapped:
-            out = [self._apply(batch, r, message, result) for r in result.resources]
-            for patch in result.patches:
-                existing = batch.current.get(_key(patch.resource_type, patch.resource_id))
-                patched = patch.apply(existing["resource"] if existing else None)
-                out.append(self._apply(batch, patched, message, result))
-            written[message["_id"]] = out
+            written[message["_id"]] = self._apply_message(batch, message, result)
         async with self._store.client.start_session() as session:
             async with await session.start_transaction(write_concern=DURABLE):
                 await self._write(batch, session)
-                await self._finish_messages(mapped, written, owner, batch.now, session)
+                await self._finish_messages(mapped, written, owner, batch, session)
         return written
 
-    def _apply(self, batch: _Batch, resource: Resource, message: Document, result: MappingResult) -> Written:
+    def _apply_message(self, batch: _Batch, message: Document, result: MappingResult) -> list[Written]:
+        """Apply one message's resources and patches to the batch; [] when it is held for review."""
+        message_id = message["_id"]
+        source_time = self._ordering_time(batch, message, result)
+        aliases, conflicts = self._match_patients(batch, message, result)
+        if conflicts:
+            batch.held[message_id] = conflicts
+            log.warning(
+                "message held for review: its patient conflicts with the stored one",
+                extra={"record": message_id, "fields": sorted({str(i.get("expression")) for i in conflicts})},
+            )
+            return []
+        resources = [_retarget(r, aliases) for r in result.resources] if aliases else result.resources
+        patches = [_retarget_patch(p, aliases) for p in result.patches] if aliases else result.patches
+        out = [self._apply(batch, r, message, source_time) for r in resources]
+        for patch in patches:
+            existing = batch.current.get(_key(patch.resource_type, patch.resource_id))
+            patched = patch.apply(existing["resource"] if existing else None)
+            out.append(self._apply(batch, patched, message, source_time if patch.ordered else None))
+        return out
+
+    def _ordering_time(self, batch: _Batch, message: Document, result: MappingResult) -> datetime | None:
+        """The message's own time (MSH-7, Bundle.timestamp), or its arrival time when that lies in the
+        future: a wrong clock at the sender must not make every later message look stale."""
+        stated = result.source_time
+        if stated is None or stated <= batch.now + self._future_skew:
+            return stated
+        arrival = message.get("received_at")
+        if not isinstance(arrival, datetime):
+            arrival = batch.now
+        elif arrival.tzinfo is None:
+            arrival = arrival.replace(tzinfo=UTC)
+        ahead = int((stated - batch.now).total_seconds() // 60)
+        where = "MSH-7" if message.get("protocol") == "hl7v2" else "Bundle.timestamp"
+        batch.notes.setdefault(message["_id"], []).append(
+            issue(
+                "warning",
+                "value",
+                f"{where} ({stated.isoformat()}) is {ahead} minutes ahead of the hub's clock: the sender's "
+                f"clock or time zone is wrong; the message is ordered by its arrival time "
+                f"({arrival.isoformat()}) instead",
+                where,
+            )
+        )
+        return arrival
+
+    def _match_patients(
+        self, batch: _Batch, message: Document, result: MappingResult
+    ) -> tuple[dict[str, str], list[OutcomeIssue]]:
+        """For each Patient in the message, the stored patient it is (``matching.resolve``): aliases
+        ("Patient/<mapped id>" -> "Patient/<stored id>") and the conflicts that hold the message.
+
+        Only HL7v2 patients are re-targeted: a FHIR client chose (or was told) its Patient's id, so
+        there the check is against the Patient stored under that id."""
+        review = message.get("review") or {}
+        override = review.get("decision") == "apply"
+        hl7 = message.get("protocol") == "hl7v2"
+        aliases: dict[str, str] = {}
+        conflicts: list[OutcomeIssue] = []
+        # A merge (ADT^A40) names the patients it retires: they are expected to match, not a conflict.
+        retiring = {_key("Patient", p.resource_id) for p in result.patches if p.resource_type == "Patient"}
+        for patient in result.resources:
+            if patient.get("resourceType") != "Patient":
+                continue
+            own_key = _key("Patient", patient["id"])
+            match = resolve(patient, self._candidates(batch, patient, own_key, hl7, retiring))
+            if match.target and match.target != patient["id"] and hl7:
+                aliases[own_key] = _key("Patient", match.target)
+            if match.conflicts and not override:
+                conflicts += match.issues(patient["id"])
+        if override:
+            batch.notes.setdefault(message["_id"], []).append(
+                issue(
+                    "information",
+                    "informational",
+                    f"applied after review by {review.get('by', 'an operator')} despite the conflict "
+                    "with the stored patient",
+                )
+            )
+        return aliases, conflicts
+
+    def _candidates(self, batch: _Batch, patient: Resource, own_key: str, hl7: bool, retiring: set[str]) -> Candidates:
+        found = Candidates()
+        own = batch.current.get(own_key)
+        if not hl7:
+            found.by_local = [own["resource"]] if own else []
+            return found
+        for system, value in matching_identifiers(patient):
+            holders = batch.patients_by_identifier.get(identifier_key("Patient", system, value), set())
+            docs = [batch.current[k]["resource"] for k in sorted(holders - retiring) if k in batch.current]
+            (found.by_nhs if system == NHS_NUMBER_SYSTEM else found.by_local).extend(docs)
+        for doc in (*found.by_nhs, *found.by_local):
+            survivor = replaced_by(doc)
+            if survivor and _key("Patient", survivor) in batch.current:
+                found.survivors[survivor] = batch.current[_key("Patient", survivor)]["resource"]
+        if own and own["resource"]["id"] not in {r["id"] for r in found.by_nhs + found.by_local}:
+            # The Patient under the mapped id itself (a message-scoped or failed-NHS-number id).
+            found.by_local.append(own["resource"])
+        return found
+
+    def _apply(self, batch: _Batch, resource: Resource, message: Document, source_time: datetime | None) -> Written:
         rtype, rid = resource["resourceType"], resource["id"]
         key = _key(rtype, rid)
         cur = batch.current.get(key)
-        source_time = result.source_time
-        if cur and source_time and cur.get("source_time") and source_time < cur["source_time"]:
+        stored_time: datetime | None = cur.get("source_time") if cur else None
+        if stored_time and stored_time > batch.now + self._future_skew:
+            # Written before future times were caught (or the clock was turned back): not trusted, so
+            # it cannot keep refusing every later message.
+            stored_time = None
+        if cur and source_time and stored_time and source_time < stored_time:
             return Written(rtype, rid, cur["version"], changed=False, stale=True)
         previous = cur["resource"] if cur else None
+        if rtype == "Patient":
+            resource = merge_patient(previous, resource)
         resource = keep_pathway(previous, _keep_links(previous, resource))
         if cur and content_of(cur["resource"]) == content_of(resource):
             return Written(rtype, rid, cur["version"], changed=False)
         version = cur["version"] + 1 if cur else 1
         stamped = validate(stamp(resource, rid, version, batch.now, f"urn:uuid:{uuid.UUID(message['_id'])}"))
-        newest = (
-            max(t for t in (source_time, cur.get("source_time") if cur else None) if t)
-            if (source_time or (cur and cur.get("source_time")))
-            else None
-        )
+        newest = max((t for t in (source_time, stored_time) if t), default=None)
         keys = [identifier_key(rtype, s, v) for s, v in business_identifiers(stamped)]
         batch.current[key] = {
             "_id": key,
@@ -178,6 +352,7 @@ class ResourceWriter:
             }
         )
         batch.changed.add(key)
+        batch.index_patient(batch.current[key])
         return Written(rtype, rid, version, changed=True)
 
     async def _write(self, batch: _Batch, session: Any) -> None:
@@ -206,11 +381,12 @@ class ResourceWriter:
         mapped: list[tuple[Document, MappingResult]],
         written: dict[str, list[Written]],
         owner: str,
-        now: datetime,
+        batch: _Batch,
         session: Any,
     ) -> None:
         """Mark the batch mapped, if ``owner`` still holds every lease (one ``update_many``: the lease
-        check), then record each message's outcome (updates by ``_id``, cheaper than guarded ones)."""
+        check), then record each message's outcome (updates by ``_id``, cheaper than guarded ones): a
+        message held for review gets status "needs-review" and an OperationOutcome naming the conflict."""
         if not mapped:
             return
         ids = [message["_id"] for message, _ in mapped]
@@ -221,24 +397,39 @@ class ResourceWriter:
         )
         if marked.matched_count != len(ids):
             raise LeaseLost(f"{len(ids) - marked.matched_count} message(s) were claimed by another worker")
-        outcomes = [
-            UpdateOne(
-                {"_id": message["_id"]},
-                {
-                    "$set": {
-                        "processing": {
-                            "status": "mapped",
-                            "at": now,
-                            "resources": [w.to_doc() for w in written[message["_id"]]],
-                            "unmapped": mapping.unmapped,
-                            "issues": mapping.issues,
-                        }
-                    }
-                },
-            )
-            for message, mapping in mapped
-        ]
+        outcomes = [_outcome(message, mapping, written[message["_id"]], batch) for message, mapping in mapped]
         await self._store.messages.bulk_write(outcomes, ordered=False, session=session)
+
+
+def _outcome(message: Document, mapping: MappingResult, written: list[Written], batch: _Batch) -> UpdateOne:
+    """The processing record of one message: mapped (what was written), or held for review."""
+    issues = [*mapping.issues, *batch.notes.get(message["_id"], [])]
+    conflicts = batch.held.get(message["_id"])
+    if conflicts is None:
+        processing = {
+            "status": "mapped",
+            "at": batch.now,
+            "resources": [w.to_doc() for w in written],
+            "unmapped": mapping.unmapped,
+            "issues": issues,
+        }
+        return UpdateOne({"_id": message["_id"]}, {"$set": {"processing": processing}})
+    held = issue(
+        "error",
+        "conflict",
+        "held for review: the message's patient conflicts with the stored patient; nothing from it was "
+        "written. Apply it ('mscc messages apply') or reject it ('mscc messages reject').",
+    )
+    processing = {
+        "status": NEEDS_REVIEW,
+        "at": batch.now,
+        "resources": [],
+        "unmapped": mapping.unmapped,
+        "issues": issues,
+        "outcome": {"resourceType": "OperationOutcome", "issue": [held, *conflicts]},
+    }
+    update = {"status": NEEDS_REVIEW, "processing": processing, "review.status": "pending", "review.held_at": batch.now}
+    return UpdateOne({"_id": message["_id"]}, {"$set": update})
 
 
 class LeaseLost(Exception):

@@ -43,6 +43,7 @@ from pymongo.errors import PyMongoError
 from shared.fhir import FHIR_JSON, Resource
 from shared.settings import Settings
 from shared.store import Document, Store
+from shared.supervision import Heartbeat
 
 from .channels import MllpLink, RestHookSender
 from .hl7 import build_message, control_id
@@ -148,34 +149,85 @@ class DeliveryWorker:
     async def run_once(self) -> int:
         """Claim every due lane (up to ``lanes``) and run them to the end; the number of lanes run."""
         docs = await self.claim(self.config.lanes)
-        if docs:
-            await asyncio.gather(*(Lane(self, doc).run() for doc in docs))
+        lanes = [lane for doc in docs if (lane := await self._lane(doc)) is not None]
+        results = await asyncio.gather(*(lane.run() for lane in lanes), return_exceptions=True)
+        for lane, result in zip(lanes, results, strict=True):
+            if isinstance(result, Exception):
+                await self.set_aside(lane.sub.id, lane.token, result)
+            elif isinstance(result, BaseException):
+                raise result
         return len(docs)
 
-    async def run(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, wake: asyncio.Event, heartbeat: Heartbeat | None = None) -> None:
         """Run lanes until ``stop``; ``wake`` (set by the fan-out) claims new work at once. On stop,
-        running lanes finish the attempt in hand and release their subscriptions."""
+        running lanes finish the attempt in hand and release their subscriptions. A failed claim (the
+        database, or a subscription document the lane cannot read) is logged and recorded on
+        ``heartbeat``, and the loop goes on; ``heartbeat`` beats after every completed claim."""
+        heartbeat = heartbeat or Heartbeat.none()
         running: dict[str, asyncio.Task[int]] = {}
+        tokens: dict[str, str] = {}
         while not stop.is_set():
             wake.clear()
             free = self.config.lanes - len(running)
-            if free > 0:
-                try:
+            try:
+                if free > 0:
                     for doc in await self.claim(free, set(running)):
-                        task = asyncio.create_task(Lane(self, doc).run(stop), name=f"lane-{doc['_id']}")
+                        lane = await self._lane(doc)
+                        if lane is None:
+                            continue
+                        task = asyncio.create_task(lane.run(stop), name=f"lane-{doc['_id']}")
                         task.add_done_callback(lambda _t: wake.set())
                         running[doc["_id"]] = task
-                except PyMongoError:
-                    log.exception("notifier: database error while claiming lanes; pausing")
+                        tokens[doc["_id"]] = lane.token
+                heartbeat.beat()
+            except Exception as exc:
+                log.exception("notifier: claiming lanes failed; pausing")
+                heartbeat.failed(exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(first_of(stop, wake), self.config.idle_poll_s)
             for sub_id, task in list(running.items()):
                 if task.done():
                     del running[sub_id]
-                    if not task.cancelled() and task.exception() is not None:
-                        log.error("notifier lane failed", exc_info=task.exception(), extra={"subscription": sub_id})
+                    token = tokens.pop(sub_id, "")
+                    failure = None if task.cancelled() else task.exception()
+                    if isinstance(failure, Exception):
+                        await self.set_aside(sub_id, token, failure)
         if running:
             await asyncio.gather(*running.values(), return_exceptions=True)
+
+    async def _lane(self, doc: Document) -> Lane | None:
+        """The lane of a claimed subscription; None (and the subscription set aside) if its document
+        cannot be read."""
+        try:
+            return Lane(self, doc)
+        except Exception as exc:
+            await self.set_aside(str(doc.get("_id")), str((doc.get("lane") or {}).get("owner")), exc)
+            return None
+
+    async def set_aside(self, sub_id: str, token: str, exc: Exception) -> None:
+        """A subscription the notifier failed on unexpectedly (a document it cannot read, a bug in its
+        lane) goes to status "error" with the exception, logged with its id: neither claimed again for
+        ever nor silent. Its events keep queueing; ``$redeliver`` resumes it once the cause is fixed.
+        A database failure here is logged (the lease then expires and the lane is claimed again)."""
+        reason = f"the notifier failed on this subscription: {type(exc).__name__}: {exc}"[:500]
+        log.error("notifier lane failed; subscription set to error", exc_info=exc, extra={"subscription": sub_id})
+        try:
+            await self.store.subscriptions.update_one(
+                {"_id": sub_id, "lane.owner": token},
+                {"$set": {"status": "error", "error": reason}, "$unset": {"lane": ""}},
+            )
+        except PyMongoError:
+            log.exception("could not record the lane failure", extra={"subscription": sub_id})
+
+
+def patient_reference(resource: Resource | None) -> str | None:
+    """``Patient/id`` the resource is about: its ``subject``, or a Task's ``for`` (the data-quality Task)."""
+    for key in ("subject", "for"):
+        value = (resource or {}).get(key)
+        ref = value.get("reference") if isinstance(value, dict) else None
+        if isinstance(ref, str) and ref.startswith("Patient/"):
+            return ref
+    return None
 
 
 async def first_of(*events: asyncio.Event) -> None:
@@ -334,14 +386,7 @@ class Lane:
                 {d["_id"]: d["resource"] async for d in self.w.store.resources.find({"_id": {"$in": current}})}
             )
         if isinstance(channel, Mllp):
-            patients = sorted(
-                {
-                    str(r["subject"]["reference"])
-                    for r in found.values()
-                    if isinstance(r.get("subject"), dict)
-                    and str(r["subject"].get("reference", "")).startswith("Patient/")
-                }
-            )
+            patients = sorted({ref for r in found.values() if (ref := patient_reference(r))})
             async for d in self.w.store.resources.find({"_id": {"$in": patients}}):
                 found[d["_id"]] = d["resource"]
         return found
@@ -367,8 +412,8 @@ class Lane:
 
     def _message(self, channel: Mllp, delivery: Delivery, resources: dict[str, Resource]) -> bytes:
         focus = resources.get(delivery.event.focus.reference)
-        subject = (focus or {}).get("subject") or {}
-        patient = resources.get(str(subject.get("reference", ""))) if isinstance(subject, dict) else None
+        subject = patient_reference(focus)
+        patient = resources.get(subject) if subject else None
         return build_message(
             delivery,
             channel,

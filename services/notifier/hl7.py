@@ -9,7 +9,10 @@ engine that sent REF^I12 referrals already routes it back to the referring team.
     RF1  for a ServiceRequest: RF1-1 the status (HL7 table 0283 where a code fits: active A, draft and
          on-hold P; the FHIR request-status always as the alternate code, system 99FHIR), RF1-11 the
          referral's FHIR id
-    PID  PID-3 NHS number (^^^NHS^NH), PID-5 name, PID-7 birth date, PID-8 sex: from the patient
+    PID  PID-3 the NHS number (^^^NHS^NH) and the receiving trust's own local numbers (with their
+         authority), PID-5 name, PID-7 birth date, PID-8 sex: from the patient the referral points
+         at. With no such identifier the message is not built (``NoPatientIdentifier``): the delivery
+         is dead-lettered with the reason rather than an RRI no engine can file being sent
     NTE  what happened: the topic, the kind of change (step, SLA event), the focus, the event id/number
 
 The ACK decides the delivery: AA (or CA) delivered; AE (CE) refused for its content, dead-lettered at
@@ -28,17 +31,20 @@ from hl7apy.core import Message
 
 from shared.er7 import parse_message
 from shared.fhir import Resource
-from shared.nhs import NHS_NUMBER_SYSTEM
+from shared.ids import LOCAL_SYSTEM_PATTERN
+from shared.nhs import NHS_NUMBER_SYSTEM, is_valid_nhs_number
 
 from .model import Delivery, Mllp, utc
 
 VERSION = "2.5"
+LOCAL_PREFIX = LOCAL_SYSTEM_PATTERN.split("{", 1)[0]  # "urn:mscc:id:", the hub's local identifier systems
 _TABLE_0283 = {"active": ("A", "Accepted"), "draft": ("P", "Pending"), "on-hold": ("P", "Pending")}
 _SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 _TOPIC_TEXT = {
     "referral-status": "Referral status",
     "hna-completed": "Holistic Needs Assessment completed",
     "sla": "SLA event",
+    "data-quality": "Referral data quality",
 }
 
 
@@ -51,11 +57,63 @@ def _ts(value: datetime) -> str:
     return utc(value).strftime("%Y%m%d%H%M%S+0000")
 
 
-def _nhs_number(patient: Resource) -> str | None:
-    for ident in patient.get("identifier") or []:
-        if isinstance(ident, dict) and ident.get("system") == NHS_NUMBER_SYSTEM and ident.get("value"):
-            return str(ident["value"])
-    return None
+class NoPatientIdentifier(ValueError):
+    """The event's patient has no identifier the receiving engine could file the message under (no
+    valid NHS number, no local number the receiving trust assigned). The message is not sent: the
+    delivery is dead-lettered with this reason, for an operator to fix the patient and redeliver."""
+
+
+@dataclass(frozen=True)
+class PatientNumber:
+    """One PID-3 repetition: CX.1 value, CX.4 assigning authority (HD.1), CX.5 identifier type."""
+
+    value: str
+    authority: str
+    type_code: str
+
+
+def _owner(ident: Resource) -> tuple[str, str] | None:
+    """(organisation, authority) of a local identifier: the assigner's ODS code, else what the hub's
+    local system names ("urn:mscc:id:RBL:PAS" -> RBL, PAS; "urn:mscc:id:RBL" -> RBL, RBL)."""
+    system = str(ident.get("system") or "")
+    rest = system.removeprefix(LOCAL_PREFIX) if system.startswith(LOCAL_PREFIX) else ""
+    org, _, authority = rest.partition(":")
+    assigner = ((ident.get("assigner") or {}).get("identifier") or {}).get("value")
+    if assigner:
+        return str(assigner), authority or org or str(assigner)
+    return (org, authority or org) if org else None
+
+
+def _type_code(ident: Resource) -> str:
+    for coding in (ident.get("type") or {}).get("coding") or []:
+        if isinstance(coding, dict) and coding.get("code"):
+            return str(coding["code"])
+    return "PI"
+
+
+def patient_numbers(patient: Resource | None, focus: Resource | None, trust: str) -> list[PatientNumber]:
+    """PID-3 for the referral's patient: the NHS number (``^^^NHS^NH``), then the local numbers that
+    ``trust`` (the receiving facility) assigned, with their authority. Another trust's local numbers
+    are never sent: the receiver could file them against its own patient with the same number. Without
+    a stored Patient, a subject given by NHS number still gives PID-3."""
+    found: list[PatientNumber] = []
+    idents = list((patient or {}).get("identifier") or [])
+    subject = (focus or {}).get("subject")
+    if patient is None and isinstance(subject, dict) and isinstance(subject.get("identifier"), dict):
+        idents.append(subject["identifier"])
+    for ident in idents:
+        if not isinstance(ident, dict) or not ident.get("value"):
+            continue
+        value = str(ident["value"])
+        if ident.get("system") == NHS_NUMBER_SYSTEM:
+            if is_valid_nhs_number(value):
+                found.append(PatientNumber(value, "NHS", "NH"))
+            continue
+        owner = _owner(ident)
+        if owner and trust and owner[0].upper() == trust.upper():
+            found.append(PatientNumber(value, owner[1], _type_code(ident)))
+    unique = list(dict.fromkeys(found))
+    return sorted(unique, key=lambda n: n.type_code != "NH")
 
 
 def _notes(delivery: Delivery, topic: str, focus: Resource | None) -> list[str]:
@@ -70,24 +128,30 @@ def _notes(delivery: Delivery, topic: str, focus: Resource | None) -> list[str]:
         lines.append(f"SLA: {event.detail['sla_event']}")
     if event.detail.get("pickup"):
         lines.append(f"Received out of hours: the MSCC team will pick it up at {event.detail['pickup']}")
+    if focus is not None and focus.get("resourceType") == "Task":
+        # The data-quality Task: each item the referral still lacks, in words the referrer can act on.
+        for entry in focus.get("input") or []:
+            if isinstance(entry, dict):
+                lines.append(f"Missing: {(entry.get('type') or {}).get('text', '')}: {entry.get('valueString', '')}")
     lines.append(f"Event {delivery.event_number}, id {delivery.event_id}, at {_ts(event.occurred_at)}")
     return lines
 
 
-def _pid(message: Any, patient: Resource | None, focus: Resource | None) -> None:
+def _pid(message: Any, patient: Resource | None, focus: Resource | None, trust: str) -> None:
+    numbers = patient_numbers(patient, focus, trust)
+    if not numbers:
+        subject = (focus or {}).get("subject") or {}
+        raise NoPatientIdentifier(
+            f"PID-3 cannot be filled: patient {subject.get('reference') or '(none)'} has no valid NHS number "
+            f"and no local number assigned by {trust or 'the receiving trust'}; the RRI^I12 was not sent"
+        )
     pid = message.pid
     pid.pid_1 = "1"
-    nhs = _nhs_number(patient) if patient else None
-    if nhs:
-        pid.pid_3.cx_1 = nhs
-        pid.pid_3.cx_4.hd_1 = "NHS"
-        pid.pid_3.cx_5 = "NH"
-    elif patient is not None:
-        pid.pid_3.cx_1 = str(patient.get("id", ""))
-        pid.pid_3.cx_5 = "PI"
-    elif focus is not None and isinstance(focus.get("subject"), dict):
-        pid.pid_3.cx_1 = str(focus["subject"].get("reference", "")).rpartition("/")[2]
-        pid.pid_3.cx_5 = "PI"
+    for number in numbers:
+        cx = pid.add_field("PID_3")
+        cx.cx_1 = number.value
+        cx.cx_4.hd_1 = number.authority
+        cx.cx_5 = number.type_code
     if patient is None:
         return
     names = patient.get("name") or []
@@ -139,7 +203,7 @@ def build_message(
             rf1.rf1_1.ce_5 = status
             rf1.rf1_1.ce_6 = "99FHIR"
         rf1.rf1_11.ei_1 = str(focus.get("id", ""))
-    _pid(message, patient, focus)
+    _pid(message, patient, focus, channel.receiving_facility)
     for number, text in enumerate(_notes(delivery, topic, focus), start=1):
         nte = message.add_segment("NTE")
         nte.nte_1 = str(number)

@@ -61,14 +61,20 @@ def _one_value(element: Any, url: str, key: str, expression: str) -> Any:
     return found[0].get(key) if found else None
 
 
+# The filter parameters that name a subscription's trust. A data-quality Task names the referring trust
+# as its owner and the MSCC service (the hub's own organisation) as its requester: so the MSCC team
+# follows every Task, including those of referrals that name no trust.
+TRUST_PARAMETERS = {"ServiceRequest": ("requester",), "Task": ("owner", "requester")}
+
+
 def _trust_of(filters: tuple[Filter, ...]) -> str:
     """The ODS code of the requester filter(s); every subscription names exactly one trust."""
     codes: set[str] = set()
     for item in filters:
-        if item.resource_type != "ServiceRequest":
+        if item.resource_type not in TRUST_PARAMETERS:
             continue
         for name, value in item.params:
-            if name == "requester":
+            if name in TRUST_PARAMETERS[item.resource_type]:
                 codes.add(value.split("/", 1)[1] if value.startswith("Organization/") else value)
             elif name == "requester:identifier":
                 system, _, code = value.rpartition("|")

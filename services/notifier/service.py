@@ -25,6 +25,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from shared.settings import Settings
 from shared.store import Store
+from shared.supervision import Backoff, Heartbeat, TaskRegistry, supervise
 
 from .delivery import DeliveryConfig, DeliveryStats, DeliveryWorker, first_of
 from .fanout import FanOut
@@ -92,9 +93,19 @@ class NotifierService:
             done += n
         return done + await self.delivery.run_once()
 
-    async def run(self, stop: asyncio.Event, *, burst: bool = False) -> NotifierStats:
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        burst: bool = False,
+        registry: TaskRegistry | None = None,
+        backoff: Backoff | None = None,
+    ) -> NotifierStats:
         """Work until ``stop`` (or, with ``burst``, until nothing is due now). Graceful: each lane finishes
-        the attempt in hand and releases its subscription."""
+        the attempt in hand and releases its subscription.
+
+        With ``registry``, the fan-out and delivery loops run supervised (``shared/supervision.py``):
+        registered as "notifier-fanout" and "notifier-delivery", restarted with ``backoff`` if they stop."""
         await self.prepare()
         log.info("notifier running", extra={"owner": self.delivery.owner, "burst": burst})
         if burst:
@@ -103,10 +114,24 @@ class NotifierService:
             return self.stats
         outbox_woken = asyncio.Event()
         lanes_woken = asyncio.Event()
+        registry = registry or TaskRegistry()
+
+        def supervised(name: str, loop: Callable[[Heartbeat], Any], interval: float) -> asyncio.Task[None]:
+            stale = self.settings.task_stall_factor * interval + self.settings.task_stall_margin_s
+            return asyncio.create_task(
+                supervise(name, loop, stop, registry, stale_after_s=stale, backoff=backoff), name=name
+            )
+
         tasks = [
             asyncio.create_task(self._watch_outbox(stop, outbox_woken), name="notifier-watch"),
-            asyncio.create_task(self._fan_out(stop, outbox_woken, lanes_woken), name="notifier-fanout"),
-            asyncio.create_task(self.delivery.run(stop, lanes_woken), name="notifier-delivery"),
+            supervised(
+                "notifier-fanout", lambda hb: self._fan_out(stop, outbox_woken, lanes_woken, hb), self.idle_poll_s * 4
+            ),
+            supervised(
+                "notifier-delivery",
+                lambda hb: self.delivery.run(stop, lanes_woken, hb),
+                self.delivery.config.idle_poll_s,
+            ),
         ]
         try:
             await stop.wait()
@@ -115,13 +140,18 @@ class NotifierService:
             await asyncio.gather(*tasks, return_exceptions=True)
         return self.stats
 
-    async def _fan_out(self, stop: asyncio.Event, woken: asyncio.Event, lanes: asyncio.Event) -> None:
+    async def _fan_out(
+        self, stop: asyncio.Event, woken: asyncio.Event, lanes: asyncio.Event, heartbeat: Heartbeat | None = None
+    ) -> None:
+        heartbeat = heartbeat or Heartbeat.none()
         while not stop.is_set():
             woken.clear()
             try:
                 done = await self.fanout.run_once()
-            except Exception:  # the database, or a bug: say so, pause, and try again (nothing is half done)
+                heartbeat.beat()
+            except Exception as exc:  # the database, or a bug: say so, pause, and try again (nothing is half done)
                 log.exception("notifier fan-out failed; pausing before the next batch")
+                heartbeat.failed(exc)
                 done = 0
             if done:
                 lanes.set()

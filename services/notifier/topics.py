@@ -6,8 +6,12 @@ described in docs/notifications.md. Nothing is served at that URL.
 
     referral-status  a ServiceRequest is created, or its status or MSCC pathway step changes; every
                      "transition" event (a pathway step recorded), whatever its focus
-    hna-completed    a QuestionnaireResponse (the Holistic Needs Assessment) becomes "completed"
+    hna-completed    the support plan of a Holistic Needs Assessment becomes active (its response is
+                     "completed" or "amended"): the event follows the plan, so "HNA completed" is never
+                     announced for a response that got no plan (the mapper records why on the message)
     sla              every "sla" event (out-of-hours, at-risk, breached)
+    data-quality     a referral's data-quality Task is created with something missing, or what it lists
+                     as missing, or its status, changes (completed when the referral has it all)
 
 An update that changes nothing a topic is about (a profile added, a note edited) notifies no one: the
 previous version of the focus is compared with the event's version.
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.fhir import Resource
+from shared.hna import is_support_plan
 
 from .backport import hub_url
 from .model import ChangeEvent
@@ -50,14 +55,23 @@ TOPICS: dict[str, Topic] = {
         Topic(
             "hna-completed",
             "Holistic Needs Assessment completed",
-            "A QuestionnaireResponse (the Holistic Needs Assessment) is stored with status completed.",
-            ("QuestionnaireResponse", "ServiceRequest"),
+            "A Holistic Needs Assessment is completed and its Personalised Care and Support Plan (CarePlan) "
+            "is made: the focus is the plan, which names the QuestionnaireResponse in supportingInfo.",
+            ("CarePlan", "ServiceRequest"),
         ),
         Topic(
             "sla",
             "MSCC SLA events",
             "A referral's NICE NG234 clock event: out-of-hours arrival, at risk, or breached.",
             ("ServiceRequest",),
+        ),
+        Topic(
+            "data-quality",
+            "MSCC referral data quality",
+            "A referral lacks part of the MSCC minimum data (NHS number, referring organisation, referrer "
+            "contact, primary cancer, neurological status): its Task is created, what it lists as missing "
+            "changes, or it is completed.",
+            ("Task", "ServiceRequest"),
         ),
     )
 }
@@ -83,6 +97,30 @@ def _step(resource: Resource) -> Any:
     return None
 
 
+def _missing(task: Resource) -> tuple[Any, tuple[str, ...]]:
+    """A data-quality Task's status and the item codes it lists as missing (``Task.input``)."""
+    codes = [
+        str(coding.get("code"))
+        for entry in task.get("input") or []
+        if isinstance(entry, dict)
+        for coding in (entry.get("type") or {}).get("coding") or []
+        if isinstance(coding, dict)
+    ]
+    return task.get("status"), tuple(sorted(codes))
+
+
+def _data_quality(event: ChangeEvent, current: Resource | None, previous: Resource | None) -> bool:
+    # The hub's only Tasks are referrals' data-quality Tasks (services/mapper/data_quality.py).
+    if event.focus.type != "Task" or event.kind == "transition":
+        return False
+    if current is None:
+        return True
+    if previous is None:
+        # A referral complete from its first message gets a completed Task: nothing to tell anyone.
+        return current.get("status") != "completed"
+    return _missing(current) != _missing(previous)
+
+
 def triggered(code: str, event: ChangeEvent, current: Resource | None, previous: Resource | None) -> bool:
     """Whether ``event`` belongs to topic ``code``. ``current`` is the focus at the event's version and
     ``previous`` the version before (None when unknown: the event then counts, as losing a status
@@ -99,8 +137,10 @@ def triggered(code: str, event: ChangeEvent, current: Resource | None, previous:
         if event.kind == "created" or current is None or previous is None:
             return True
         return (current.get("status"), _step(current)) != (previous.get("status"), _step(previous))
+    if code == "data-quality":
+        return _data_quality(event, current, previous)
     if code == "hna-completed":
-        if event.focus.type != "QuestionnaireResponse" or event.kind == "transition" or current is None:
+        if event.focus.type != "CarePlan" or event.kind == "transition" or not is_support_plan(current):
             return False
-        return current.get("status") == "completed" and (previous is None or previous.get("status") != "completed")
+        return current.get("status") == "active" and (previous is None or previous.get("status") != "active")
     return False

@@ -33,10 +33,16 @@ class Conflict(Exception):
 
 @dataclass(frozen=True)
 class Change:
-    """A new content for a resource read as ``current`` (a ``resources`` document)."""
+    """A new content for a resource read as ``current`` (a ``resources`` document; for a resource not
+    stored yet, ``absent(...)``, version 0: it is then inserted, and a concurrent insert is a conflict)."""
 
     current: Document
     content: Resource
+
+
+def absent(resource_type: str, resource_id: str) -> Document:
+    """The ``current`` of a Change that creates the resource."""
+    return {"_id": f"{resource_type}/{resource_id}", "type": resource_type, "id": resource_id, "version": 0}
 
 
 def new_version(change: Change, now: datetime, source: str, message_id: str | None) -> tuple[Document, Document]:
@@ -73,8 +79,10 @@ async def write(
     read_versions: dict[str, int],
     event: Document,
     record: Document | None,
+    more_events: tuple[Document, ...] = (),
 ) -> None:
-    """Commit ``versions`` (current, history), ``event`` and ``record`` atomically.
+    """Commit ``versions`` (current, history), ``event`` (and ``more_events``, for resources changed
+    alongside with their own news) and ``record`` atomically. A version read as 0 is inserted.
 
     ``Conflict`` if a resource is no longer at the version read (or the version exists already);
     ``PyMongoError`` for other database failures.
@@ -88,12 +96,15 @@ async def write(
                 await store.messages.insert_one(record, session=session)
             await store.history.insert_many([h for _, h in versions], ordered=True, session=session)
             for current, _ in versions:
+                if read_versions[current["_id"]] == 0:
+                    await store.resources.insert_one(current, session=session)  # DuplicateKeyError: a race
+                    continue
                 result = await store.resources.replace_one(
                     {"_id": current["_id"], "version": read_versions[current["_id"]]}, current, session=session
                 )
                 if result.matched_count != 1:
                     raise Conflict(f"{current['_id']} changed since it was read")
-            await store.outbox.insert_one(event, session=session)
+            await store.outbox.insert_many([event, *more_events], ordered=True, session=session)
     except DuplicateKeyError as exc:
         raise Conflict(str(exc)[:300]) from exc
     except PyMongoError as exc:

@@ -16,6 +16,11 @@ again) is checked once:
 A move the pathway refuses, an ambiguous patient, or a time the pathway cannot take is never an
 exception: it is an issue on the ORU's processing record (``messages.processing.issues``) and on
 ``pathway_checked``. An operator then moves the referral with $transition.
+
+A report the follower fails on (any exception but the database's: a shape it cannot read, a bug) never
+stops the others: it is recorded in ``pathway_faults`` and logged with its id, tried again next pass,
+and after ``max_attempts`` set aside: ``pathway_checked`` outcome "failed" and an error issue on its
+message. Its referral's clock keeps running meanwhile, so the SLA alerts still fire.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from services.mapper.hl7.mscc import care_plan_id
 from shared.fhir import FhirError, Resource, issue
 from shared.store import Document, Store
 
+from .faults import Faults, Trouble
 from .record import current_step, history, parse_time, truncate
 from .steps import STEPS
 from .transitions import Origin, apply_transition
@@ -44,7 +52,7 @@ OPEN = ("received", *AWAITING_MRI)
 @dataclass(frozen=True)
 class Outcome:
     report: str
-    outcome: str  # moved | repeat | not-final | not-mri | no-referral | ambiguous | refused
+    outcome: str  # moved | repeat | not-final | not-mri | no-referral | ambiguous | refused | error | failed
     referral: str | None = None
     diagnostics: str | None = None
 
@@ -83,10 +91,11 @@ def report_time(doc: Document) -> datetime:
 class ReportFollower:
     """Looks at each new DiagnosticReport version once (see the module docstring)."""
 
-    def __init__(self, store: Store, mri_pattern: str, batch: int = 200) -> None:
+    def __init__(self, store: Store, mri_pattern: str, batch: int = 200, max_attempts: int = 3) -> None:
         self._store = store
         self._pattern = re.compile(mri_pattern)
         self._batch = batch
+        self._faults = Faults(store, max_attempts)
 
     async def run_once(self, now: datetime) -> list[Outcome]:
         """Check the reports not yet looked at; their outcomes. ``PyMongoError`` if the database fails
@@ -94,10 +103,26 @@ class ReportFollower:
         cursor = self._store.resources.find({"type": "DiagnosticReport", "pathway_checked": None}).limit(self._batch)
         outcomes = []
         async for doc in cursor:
-            outcome = await self._follow(doc, now)
-            await self._mark(doc, outcome, now)
+            try:
+                outcome = await self._follow(doc, now)
+                await self._mark(doc, outcome, now)
+                await self._faults.resolved("report", f"DiagnosticReport/{doc['id']}")
+            except PyMongoError:
+                raise
+            except Exception as exc:  # this report only: recorded, and the others are still followed
+                outcome = await self._failed(doc, exc, now)
             outcomes.append(outcome)
         return outcomes
+
+    async def _failed(self, doc: Document, exc: Exception, now: datetime) -> Outcome:
+        key = f"DiagnosticReport/{doc.get('id')}"
+        fault = await self._faults.record("report", Trouble(key, doc.get("version"), exc), now)
+        text = f"{key} could not be followed: {fault['error']}"
+        if fault["status"] != "set-aside":
+            return Outcome(key, "error", None, f"{text} (attempt {fault['attempts']}, tried again next pass)")
+        outcome = Outcome(key, "failed", None, f"{text}; set aside after {fault['attempts']} attempts")
+        await self._mark(doc, outcome, now)
+        return outcome
 
     async def _orders(self, report: Resource) -> list[Document]:
         ids = [f"ServiceRequest/{i}" for i in _refs(report.get("basedOn"), "ServiceRequest")]
@@ -188,7 +213,7 @@ class ReportFollower:
         await self._store.resources.update_one(
             {"_id": doc["_id"], "version": doc["version"]}, {"$set": {"pathway_checked": mark}}
         )
-        if outcome.outcome in ("moved", "repeat", "ambiguous", "refused"):
+        if outcome.outcome in ("moved", "repeat", "ambiguous", "refused", "failed"):
             await self._note_on_message(doc, outcome)
 
     async def _note_on_message(self, doc: Document, outcome: Outcome) -> None:
@@ -197,7 +222,7 @@ class ReportFollower:
         )
         if not source or not source.get("message_id"):
             return
-        severity = "warning" if outcome.outcome in ("ambiguous", "refused") else "information"
+        severity = {"ambiguous": "warning", "refused": "warning", "failed": "error"}.get(outcome.outcome, "information")
         text = outcome.diagnostics or (
             f"DiagnosticReport/{doc['id']}: ServiceRequest/{outcome.referral} moved to "
             f"{STEPS['mri-reported'].display.lower()}"
@@ -207,12 +232,14 @@ class ReportFollower:
             {
                 "$push": {
                     "processing.issues": issue(
-                        severity, "business-rule" if severity == "warning" else "informational", text
+                        severity,
+                        {"warning": "business-rule", "error": "exception"}.get(severity, "informational"),
+                        text,
                     )
                 }
             },
         )
-        if severity == "warning":
+        if severity != "information":
             log.warning(
                 "MRI report not applied to the pathway", extra={"report": doc["id"], "outcome": outcome.outcome}
             )

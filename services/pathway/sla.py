@@ -15,6 +15,11 @@ scanners run, however often):
   at-risk       ``at_risk_fraction`` (default 75%) of the window elapsed and the clock still running
   breached      the whole window elapsed and the clock still running
 Time is never read here: ``scan_sla`` gets ``now``.
+
+One referral never stops the scan of the others: a referral or plan whose shape the scan cannot read
+(any exception but the database's) is recorded in ``pathway_faults`` (``faults.py``) and logged with its
+id, and the scan goes on; it is tried again every pass (its clock matters more than the noise). A
+neurological status that cannot be read is taken as "unknown": the safe 24-hour window, never none.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from services.mapper.hl7.mscc import care_plan_id, pathway_table
 from services.mapper.pathway import neurological
@@ -34,6 +39,7 @@ from shared.settings import Settings
 from shared.store import Document, Store
 
 from .effects import activity_keys, plan_activity_statuses
+from .faults import Faults, Trouble
 from .record import current_step, parse_time, truncate
 from .steps import CLOCK_STEPS
 
@@ -171,8 +177,12 @@ def _planned_window(plan: Resource, start: datetime) -> timedelta | None:
     return None
 
 
-async def open_clocks(store: Store) -> list[tuple[Clock, Document, bool]]:
-    """Every active MSCC pathway with the referral and whether its MRI clock still runs."""
+async def open_clocks(store: Store, troubles: list[Trouble] | None = None) -> list[tuple[Clock, Document, bool]]:
+    """Every active MSCC pathway with the referral and whether its MRI clock still runs.
+
+    A plan or referral that cannot be read is left out and added to ``troubles`` (when given; else the
+    error is raised); ``PyMongoError`` (the database) is always raised.
+    """
     plans = [
         doc
         async for doc in store.resources.find(
@@ -181,11 +191,12 @@ async def open_clocks(store: Store) -> list[tuple[Clock, Document, bool]]:
     ]
     referral_ids: dict[str, Document] = {}
     for plan in plans:
-        for item in plan["resource"].get("supportingInfo") or []:
-            ref = str(item.get("reference") or "")
-            rid = ref.removeprefix("ServiceRequest/")
-            if ref.startswith("ServiceRequest/") and care_plan_id(rid) == plan["id"]:
-                referral_ids[rid] = plan
+        try:
+            referral_ids.update(_referrals_of(plan))
+        except Exception as exc:
+            _keep(
+                troubles, Trouble(f"CarePlan/{plan.get('id')}", plan.get("version"), exc, "its referral is not scanned")
+            )
     requests = {
         d["id"]: d
         async for d in store.resources.find({"_id": {"$in": [f"ServiceRequest/{r}" for r in sorted(referral_ids)]}})
@@ -195,25 +206,67 @@ async def open_clocks(store: Store) -> list[tuple[Clock, Document, bool]]:
         request = requests.get(rid)
         if request is None:
             continue
-        status = neurological(request["resource"])
-        start = await _first_contact(store, plan, request)
-        clock = Clock(rid, start, _planned_window(plan["resource"], start) or window_for(status), status)
-        mri_done = plan_activity_statuses(plan["resource"]).get("mri") in ("completed", "cancelled")
-        running = current_step(request["resource"]) in CLOCK_STEPS and not mri_done
-        out.append((clock, request, running))
+        try:
+            out.append(await _open_clock(store, rid, plan, request, troubles))
+        except PyMongoError:
+            raise
+        except Exception as exc:
+            _keep(troubles, Trouble(f"ServiceRequest/{rid}", request.get("version"), exc, "no SLA events this pass"))
     return out
 
 
-async def scan_sla(store: Store, now: datetime, rules: SlaRules | None = None) -> list[Document]:
+def _keep(troubles: list[Trouble] | None, trouble: Trouble) -> None:
+    if troubles is None:
+        raise trouble.error
+    troubles.append(trouble)
+
+
+def _referrals_of(plan: Document) -> dict[str, Document]:
+    found: dict[str, Document] = {}
+    for item in plan["resource"].get("supportingInfo") or []:
+        ref = str(item.get("reference") or "")
+        rid = ref.removeprefix("ServiceRequest/")
+        if ref.startswith("ServiceRequest/") and care_plan_id(rid) == plan["id"]:
+            found[rid] = plan
+    return found
+
+
+async def _open_clock(
+    store: Store, rid: str, plan: Document, request: Document, troubles: list[Trouble] | None
+) -> tuple[Clock, Document, bool]:
+    try:
+        status = neurological(request["resource"])
+    except Exception as exc:  # fail safe: an unreadable status takes the 24-hour window
+        _keep(troubles, Trouble(f"ServiceRequest/{rid}", request.get("version"), exc, "read as unknown (24 hours)"))
+        status = "unknown"
+    start = await _first_contact(store, plan, request)
+    clock = Clock(rid, start, _planned_window(plan["resource"], start) or window_for(status), status)
+    mri_done = plan_activity_statuses(plan["resource"]).get("mri") in ("completed", "cancelled")
+    running = current_step(request["resource"]) in CLOCK_STEPS and not mri_done
+    return clock, request, running
+
+
+async def scan_sla(
+    store: Store, now: datetime, rules: SlaRules | None = None, faults: Faults | None = None
+) -> list[Document]:
     """Write every SLA event due at ``now`` that is not written yet; the events written by this call.
 
     Safe to run repeatedly and from several processes: an event's id is deterministic and a duplicate
-    insert is skipped. ``PyMongoError`` if the database fails (nothing half-written: one insert each).
+    insert is skipped. A referral that cannot be read is recorded in ``faults`` and skipped this pass;
+    ``PyMongoError`` if the database fails (nothing half-written: one insert each).
     """
     rules = rules or SlaRules()
+    faults = faults or Faults(store)
+    troubles: list[Trouble] = []
     pending: list[Document] = []
-    for clock, request, running in await open_clocks(store):
-        pending += [sla_event(clock, due, request, now) for due in due_events(clock, rules, now, running)]
+    for clock, request, running in await open_clocks(store, troubles):
+        try:
+            pending += [sla_event(clock, due, request, now) for due in due_events(clock, rules, now, running)]
+        except Exception as exc:
+            troubles.append(Trouble(f"ServiceRequest/{clock.referral_id}", request.get("version"), exc))
+    for trouble in {t.record: t for t in reversed(troubles)}.values():  # one count per record and pass
+        await faults.record("sla", trouble, now)
+    await faults.clear("sla", [t.record for t in troubles])
     if not pending:
         return []
     existing = {d["_id"] async for d in store.outbox.find({"_id": {"$in": [p["_id"] for p in pending]}}, {"_id": 1})}

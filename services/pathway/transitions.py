@@ -230,13 +230,17 @@ async def write_changes(
     event: dict[str, Any],
     now: datetime,
     origin: Origin,
+    alongside: tuple[commit.Change, ...] = (),
 ) -> tuple[Document, dict[str, Any]]:
     """Write ``changes`` and ``event`` (completed with the first change's identity); the first change's
-    new current document and the event. ``commit.Conflict`` when something moved since it was read."""
+    new current document and the event. ``alongside``: changes to other resources the same request
+    implies (the referral's data-quality Task), each with its own "created"/"updated" event, in the
+    same transaction. ``commit.Conflict`` when something moved since it was read."""
     record = origin.record
     message_id = record["_id"] if record is not None else origin.message_id
     source = _source_uri(message_id, origin.source)
     versions = [commit.new_version(c, now, source, message_id) for c in changes]
+    extra = [commit.new_version(c, now, source, message_id) for c in alongside]
     head, _ = versions[0]
     key = f"{head['_id']}/_history/{head['version']}"
     full = {
@@ -251,10 +255,26 @@ async def write_changes(
         "message_id": message_id,
         "status": "ready",
     }
+    more = tuple(
+        {
+            "_id": h["_id"],
+            "type": h["type"],
+            "id": h["id"],
+            "version": h["version"],
+            "kind": "created" if h["version"] == 1 else "updated",
+            "focus": h["_id"],
+            "resources": [h["_id"]],
+            "created_at": now,
+            "message_id": message_id,
+            "status": "ready",
+        }
+        for _, h in extra
+    )
     if record is not None:
-        record = {**record, "processing": {**record["processing"], "resources": full["resources"]}}
-    read_versions = {c.current["_id"]: int(c.current["version"]) for c in changes}
-    await commit.write(store, versions, read_versions, full, record)
+        resources = [*full["resources"], *(e["_id"] for e in more)]
+        record = {**record, "processing": {**record["processing"], "resources": resources}}
+    read_versions = {c.current["_id"]: int(c.current["version"]) for c in (*changes, *alongside)}
+    await commit.write(store, [*versions, *extra], read_versions, full, record, more)
     return head, full
 
 

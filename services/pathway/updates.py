@@ -8,7 +8,9 @@ The pathway step is the one source of the pathway's statuses. So:
 - ServiceRequest.status, the assessment Encounter's status, and the pathway CarePlan's status and
   MRI / MDT / plan activity statuses may only stay as stored or take the value the step implies.
 Anything else in these resources may change. Each update is a new version with its history entry
-and exactly one outbox event: kind "updated", or "transition" when the step changed.
+and exactly one outbox event: kind "updated", or "transition" when the step changed. A referral's
+data-quality Task (services/mapper/data_quality.py) is re-derived from the new content and, when it
+changes, written in the same transaction with its own event.
 
 Failures are ``FhirError``: 400 (id does not match), 405 (type not updatable, or no such resource:
 update never creates),
@@ -23,7 +25,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from services.mapper.data_quality import referral_task
 from services.mapper.hl7.mscc import assessment_id, care_plan_id
+from services.mapper.pathway import neurological
 from shared.fhir import FhirError, Resource
 from shared.resources import content_of
 from shared.store import Document, Store
@@ -163,12 +167,24 @@ class Updater:
                 if planned is None:
                     return UpdateResult(current, changed=False)
                 changes, event = planned
-                head, written = await write_changes(self._store, changes, event, now, origin)
+                alongside = await self._data_quality(changes[0].content)
+                head, written = await write_changes(self._store, changes, event, now, origin, alongside)
             except commit.Conflict:
                 await commit.backoff(attempt)
                 continue
             return UpdateResult(head, True, written["_id"])
         raise FhirError(409, "conflict", f"{resource_type}/{resource_id} kept changing while it was updated: try again")
+
+    async def _data_quality(self, content: Resource) -> tuple[commit.Change, ...]:
+        """A referral's data-quality Task re-derived from the referral's new content (created when the
+        referral has none yet); nothing for other resources or when the Task does not change."""
+        if content.get("resourceType") != "ServiceRequest":
+            return ()
+        task = referral_task(content, None, neurological(content))
+        current = await self._store.resources.find_one({"_id": f"Task/{task['id']}"})
+        if current is not None and content_of(current["resource"]) == content_of(task):
+            return ()
+        return (commit.Change(current or commit.absent("Task", task["id"]), task),)
 
     async def _plan(
         self, current: Document, body: Resource, now: datetime, who: str, origin: Origin

@@ -6,6 +6,7 @@ Tiers, as in LinuxForHealth's hl7v2-fhir-converter and Microsoft's FHIR-Converte
     steps.py       message-level steps: which segments go where, how resources link up
     segments.py    one function per segment -> resource (or resource part)
     supporting.py  OBX of a referral -> contained Observations (MSCC supporting information)
+    neurological.py  reading the neurological status (free text, structured items), fail-safe
     mscc.py        the MSCC assessment Encounter and pathway CarePlan a referral starts
     datatypes.py   one function per HL7 datatype -> FHIR datatype
     tables.py      code tables: JSON data in services/mapper/tables/

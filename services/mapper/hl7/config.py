@@ -19,6 +19,8 @@ from typing import Any, Literal, cast, get_args
 
 NhsNumberLocation = Literal["PID-3", "PID-2", "PID-3 NHSNMBR"]
 ZHandling = Literal["note", "ignore"]
+# FHIR request-priority codes (required binding of ServiceRequest.priority).
+REQUEST_PRIORITIES = ("routine", "urgent", "asap", "stat")
 DEFAULT_LOCAL_SYSTEM_PATTERN = "urn:mscc:id:{authority}"
 
 
@@ -39,17 +41,27 @@ class SenderConfig:
       NHS, not an OID/URI); ``{authority}`` is the assigning authority or, when none is sent, the
       sending facility.
     - ``ods_codes``: extra codes to read as ODS organisation codes (beyond tables/ods-organisations.json).
+      An assigning authority (CX.4, EI.2) that is one of them, or the sending facility itself, names an
+      organisation: its identifiers are not scoped further. Any other namespace is an application
+      (ICE, PAS, EPR) and its identifiers are scoped by the sending facility.
+    - ``organisation_oids``: OIDs (or URIs) that identify this trust itself as an assigning authority
+      (HD.2 with HD.3 ISO/URI): identifiers under them keep ``urn:oid:...`` / the URI as their system.
+      Other OIDs are scoped by the sending facility, like application names.
     - ``supporting_info_codes``: OBX-3 identifier -> supporting-information key (tables/mscc-supporting-info.json),
       for senders' own codes.
     - ``assume_timezone``: the IANA zone of times sent without an offset.
+    - ``priority_codes``: the sender's own RF1-2 priority codes -> FHIR request-priority (routine,
+      urgent, asap, stat); tried before tables/local-priority-codes.json and HL7 table 0280.
     """
 
     nhs_number_location: NhsNumberLocation = "PID-3"
     z_segments: Mapping[str, ZHandling] = field(default_factory=_frozen)
     local_system_pattern: str = DEFAULT_LOCAL_SYSTEM_PATTERN
     ods_codes: frozenset[str] = frozenset()
+    organisation_oids: frozenset[str] = frozenset()
     supporting_info_codes: Mapping[str, str] = field(default_factory=_frozen)
     assume_timezone: str = "Europe/London"
+    priority_codes: Mapping[str, str] = field(default_factory=_frozen)
 
     def __post_init__(self) -> None:
         if self.nhs_number_location not in get_args(NhsNumberLocation):
@@ -59,6 +71,9 @@ class SenderConfig:
         for name, handling in self.z_segments.items():
             if not name.startswith("Z") or handling not in get_args(ZHandling):
                 raise ValueError(f"z_segments: {name!r} -> {handling!r} is not a Z-segment with 'note' or 'ignore'")
+        for code, priority in self.priority_codes.items():
+            if priority not in REQUEST_PRIORITIES:
+                raise ValueError(f"priority_codes: {code!r} -> {priority!r} is not one of {REQUEST_PRIORITIES}")
 
 
 @dataclass(frozen=True)
@@ -91,7 +106,13 @@ def _sender(base: SenderConfig, raw: Mapping[str, Any]) -> SenderConfig:
     changes: dict[str, Any] = dict(raw)
     if "ods_codes" in changes:
         changes["ods_codes"] = frozenset(str(c).upper() for c in changes["ods_codes"])
+    if "organisation_oids" in changes:
+        changes["organisation_oids"] = frozenset(str(c).strip() for c in changes["organisation_oids"])
     for name in ("z_segments", "supporting_info_codes"):
         if name in changes:
             changes[name] = _frozen(cast(Mapping[str, Any], changes[name]))
+    if "priority_codes" in changes:
+        # Codes are compared upper-cased, as the code tables are ("u" and "U" are one code).
+        codes = cast(Mapping[str, Any], changes["priority_codes"])
+        changes["priority_codes"] = _frozen({str(k).upper(): v for k, v in codes.items()})
     return replace(base, **changes)

@@ -29,6 +29,8 @@ STRUCTURAL_FIELDS: dict[str, frozenset[int]] = {
     "OBX": frozenset({1, 2}),
     "NTE": frozenset({1}),
     "DG1": frozenset({1}),
+    "AL1": frozenset({1}),
+    "PR1": frozenset({1}),
 }
 
 
@@ -160,7 +162,7 @@ def build_context(message: ParsedMessage, config: MappingConfig) -> Context:
         header = replace(header, event=event)
     sender = config.for_sender(header.facility, header.application)
     known = frozenset(tables.entries("ods-organisations")) | sender.ods_codes
-    systems = Systems(sender.local_system_pattern, header.facility, known)
+    systems = Systems(sender.local_system_pattern, header.facility, known, sender.organisation_oids)
     context = Context(message, segments, header, sender, systems, _zone(sender.assume_timezone))
     context.consumed.update(s.index for s in segments if s.name in ENVELOPE_SEGMENTS)
     return context

@@ -4,11 +4,17 @@ Every function takes a ``Composite`` (and, where identifiers are named, the mess
 returns a FHIR JSON fragment, or None when the value is empty. Dates that do not exist raise
 ``InvalidValue``: the segment tier turns that into an issue naming the field and leaves the element out.
 
-Identifier systems (documented in docs/mapping.md):
+Identifier systems (documented in docs/mapping.md): every local identifier is scoped by the
+organisation that assigned it, so two trusts' equal numbers never name one resource.
 - an NHS number -> ``https://fhir.nhs.uk/Id/nhs-number`` (only when it passes the modulus 11 check);
-- an authority with an ISO OID / URI universal id (HD.2/HD.3) -> ``urn:oid:...`` / the URI;
-- any other authority (HD.1), or the sending facility when none is given -> the sender's local pattern,
-  by default ``urn:mscc:id:{authority}``; an ODS-like authority also becomes ``Identifier.assigner``.
+- an authority that is an organisation: a configured ODS code (the region's table or the sender's
+  ``ods_codes``), or the sending facility itself -> ``urn:mscc:id:{authority}``; an OID / URI universal
+  id (HD.2/HD.3) the sender's configuration names as its own (``organisation_oids``) -> ``urn:oid:...``
+  / the URI;
+- any other authority (an application name such as ICE or PAS, an unconfigured OID or URI) ->
+  ``urn:mscc:id:{FACILITY}:{authority}``, scoped by the sending facility (MSH-4);
+- no authority -> the sending facility's own system, ``urn:mscc:id:{FACILITY}``.
+An ODS-like authority also becomes ``Identifier.assigner``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
+from shared.ids import local_system
 from shared.nhs import (
+    INVALID_NHS_NUMBER_SYSTEM as INVALID_NHS_NUMBER_SYSTEM,  # re-exported: the mapper's modules import it here
+)
+from shared.nhs import (
+    INVALID_NHS_NUMBER_TEXT,
     NHS_NUMBER_SYSTEM,
     ODS_ORGANIZATION_SYSTEM,
     VERIFICATION_STATUS_SYSTEM,
@@ -31,7 +42,6 @@ from .reader import Composite
 
 Json = dict[str, Any]
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
-INVALID_NHS_NUMBER_SYSTEM = "urn:mscc:id:invalid-nhs-number"
 LOCAL_CODE_SYSTEM = "urn:mscc:code-system:{name}"
 _SLUG = re.compile(r"[^A-Za-z0-9._~-]+")
 _TS = re.compile(
@@ -53,10 +63,28 @@ class Systems:
     pattern: str
     facility: str
     known_ods: frozenset[str] = frozenset()
+    organisation_oids: frozenset[str] = frozenset()
+
+    def is_organisation(self, authority: str) -> bool:
+        """Whether a namespace (HD.1) names an organisation rather than an application: a configured
+        ODS code (not a mere ODS shape: "RIS" is shaped like a trust and is a radiology system) or the
+        sending facility itself."""
+        code = authority.strip().upper()
+        return code in self.known_ods or code == self.facility.strip().upper()
 
     def local(self, authority: str) -> str:
-        slug = _SLUG.sub("-", authority.strip()).strip("-") or "unknown"
-        return self.pattern.format(authority=slug)
+        """The system of an identifier assigned by ``authority``: ``urn:mscc:id:{authority}`` when it
+        is an organisation, else scoped by the sending facility, ``urn:mscc:id:{FACILITY}:{authority}``."""
+        organisation = self.is_organisation(authority)
+        return local_system(authority, self.facility, is_organisation=organisation, pattern=self.pattern)
+
+    def universal(self, system: str, authority: str) -> str:
+        """An OID / URI / UUID authority's system: itself when the sender's configuration names it as the
+        trust's own (``organisation_oids``), else scoped like an application name: vendors' OIDs are
+        shared by every trust that runs the product."""
+        if authority in self.organisation_oids or system in self.organisation_oids:
+            return system
+        return local_system(system, self.facility, pattern=self.pattern)
 
     def ods(self, code: str) -> str | None:
         """``code`` upper-cased when it reads as an ODS organisation code, else None."""
@@ -69,14 +97,20 @@ class Systems:
 def hd_system(hd: Composite, systems: Systems) -> str | None:
     """The system an HD (namespace ^ universal id ^ type) names; None when the HD is empty."""
     universal, kind = hd.c(2), hd.c(3).upper()
-    # An OID or URI is global: prefer it over the namespace, which is only local.
+    # An OID or URI names the authority exactly: prefer it over the namespace (HD.1), then scope it
+    # unless it is configured as the trust's own (Systems.universal).
     if universal and kind == "ISO":
-        return f"urn:oid:{universal}"
+        return systems.universal(f"urn:oid:{universal}", universal)
     if universal and kind in ("URI", "URL") and ":" in universal:
-        return universal
+        return systems.universal(universal, universal)
     if universal and kind == "UUID":
-        return f"urn:uuid:{universal.lower()}"
+        return systems.universal(f"urn:uuid:{universal.lower()}", universal)
     namespace = hd.c(1) or universal
+    # A national register (GMC, GMP...: tables/national-identifiers.json): the same number means the same
+    # person in every trust, so it is never scoped.
+    national = national_system(namespace)
+    if national:
+        return national
     return systems.local(namespace) if namespace else None
 
 
@@ -135,7 +169,7 @@ def ei_identifier(ei: Composite, systems: Systems, type_code: str = "") -> Json 
 def nhs_number_identifier(value: str, valid: bool, status_code: str = "") -> Json:
     """The NHS number slice; an invalid number gets a local system (never the NHS one), never dropped."""
     if not valid:
-        return {"system": INVALID_NHS_NUMBER_SYSTEM, "value": value, "type": {"text": "NHS number failing the check"}}
+        return {"system": INVALID_NHS_NUMBER_SYSTEM, "value": value, "type": {"text": INVALID_NHS_NUMBER_TEXT}}
     ident: Json = {"system": NHS_NUMBER_SYSTEM, "value": value}
     display = tables.text("nhs-number-status", status_code)
     if display:
@@ -362,13 +396,29 @@ def person_display(family: str, given: list[str], prefix: str = "", suffix: str 
     return " ".join(p for p in (prefix, *given, family, suffix) if p)
 
 
+def national_system(*names: str) -> str | None:
+    """The national register (GMC, GMP, NMC...: tables/national-identifiers.json) the first of
+    ``names`` (an authority's namespace or OID, an identifier type) that names one; else None. Such a
+    number means the same in every trust, so it is never scoped by the sender."""
+    for name in names:
+        found = tables.text("national-identifiers", name.strip()) if name and name.strip() else None
+        if found:
+            return found
+    return None
+
+
 def xcn_reference(xcn: Composite, systems: Systems, resource_type: str = "Practitioner") -> Json | None:
-    """XCN -> Reference by identifier (XCN.1, authority XCN.9, type XCN.13) with a display name."""
+    """XCN -> Reference by identifier (XCN.1, authority XCN.9, type XCN.13) with a display name; a
+    national register named by the authority or the type (``C1234567^...^GMC``) gives its system."""
     ref: Json = {"type": resource_type}
     if xcn.c(1):
         authority = xcn.part(9)
-        system = hd_system(authority, systems) or systems.local(systems.facility)
-        ref["identifier"] = _identifier(xcn.c(1), system, xcn.c(13), authority, systems)
+        national = national_system(authority.c(1), authority.c(2), xcn.c(13))
+        if national:
+            ref["identifier"] = {"system": national, "value": xcn.c(1)}
+        else:
+            system = hd_system(authority, systems) or systems.local(systems.facility)
+            ref["identifier"] = _identifier(xcn.c(1), system, xcn.c(13), authority, systems)
     display = person_display(xcn.c(2), [g for g in (xcn.c(3), xcn.c(4)) if g], xcn.c(6), xcn.c(5))
     if display:
         ref["display"] = display

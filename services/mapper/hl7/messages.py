@@ -20,6 +20,8 @@ from .context import Context, build_context, source_time
 from .steps import (
     Output,
     adt_encounter_step,
+    clinical_step,
+    data_quality_step,
     first_patient_step,
     merge_step,
     orders_step,
@@ -45,13 +47,20 @@ _REFERRAL = MessagePlan(
         "Patient",
         "Encounter (PV1)",
         "ServiceRequest (referral)",
+        "Condition (DG1), AllergyIntolerance (AL1), Procedure (PR1)",
         "Encounter (MSCC assessment, patch)",
         "CarePlan (MSCC pathway, patch)",
+        "Task (referral data quality)",
     ),
-    (first_patient_step, visit_step, referral_step, pathway_step),
+    (first_patient_step, visit_step, referral_step, pathway_step, data_quality_step),
 )
 _ADT = MessagePlan(
-    ("Patient", "Encounter (PV1, status from the trigger event)"), (first_patient_step, adt_encounter_step)
+    (
+        "Patient",
+        "Encounter (PV1, status from the trigger event)",
+        "Condition (DG1), AllergyIntolerance (AL1), Procedure (PR1)",
+    ),
+    (first_patient_step, adt_encounter_step, clinical_step),
 )
 _ORDER = MessagePlan(("Patient", "Encounter (PV1)", "ServiceRequest per ORC/OBR"), (orders_step,))
 

@@ -28,6 +28,7 @@ from shared.nhs import ODS_ORGANIZATION_SYSTEM
 from ..model import Patch, Resource
 from . import tables
 from .datatypes import Json
+from .neurological import reading_text
 from .segments import profile, ref
 from .supporting import Neurological
 
@@ -124,7 +125,8 @@ def build_care_plan(pathway: Pathway, start: datetime | None) -> Resource:
         "status": pathway.plan_status,
         "intent": "plan",
         "title": "MSCC pathway",
-        "description": f"Neurological signs: {pathway.neurological}. Whole-spine MRI and definitive treatment "
+        # The reading and why the window follows from it are on the record, for the team and for audit.
+        "description": f"{reading_text(pathway.neurological)}. Whole-spine MRI and definitive treatment "
         f"plan due within {_label(window)} of first contact.",
         "subject": pathway.subject,
         "encounter": ref("Encounter", assessment_id(pathway.referral_id)),

@@ -11,7 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from shared.ids import resource_id
-from shared.nhs import NHS_NUMBER_SYSTEM, is_valid_nhs_number, normalise_nhs_number, redact_nhs_number
+from shared.nhs import (
+    NHS_NUMBER_SYSTEM,
+    ODS_ORGANIZATION_SYSTEM,
+    is_valid_nhs_number,
+    normalise_nhs_number,
+    redact_nhs_number,
+)
 
 from ..model import Resource
 from . import tables
@@ -25,6 +31,7 @@ from .datatypes import (
     ei_identifier,
     hd_reference,
     identifier_type,
+    national_system,
     nhs_number_identifier,
     organization_reference,
     person_display,
@@ -127,13 +134,21 @@ PID_FIELDS = {"primary": 3, "external": 2, "alternate": 4}
 MRG_FIELDS = {"primary": 1, "external": 4, "alternate": 2}
 
 
-def patient_id(identifiers: list[Json]) -> str | None:
-    """From the NHS number when valid, else the first identifier that is not a failed NHS number."""
+def patient_id(identifiers: list[Json], sender_system: str = "") -> str | None:
+    """From the NHS number when valid, else the first identifier that is not a failed NHS number (local
+    identifiers are already scoped by their trust). A failed NHS number alone identifies nobody across
+    trusts: the id is then scoped by ``sender_system`` (the sending facility's system) as well."""
     for ident in identifiers:
         if ident["system"] == NHS_NUMBER_SYSTEM:
             return id_from("Patient", ident)
-    usable = [i for i in identifiers if i["system"] != INVALID_NHS_NUMBER_SYSTEM] or identifiers
-    return id_from("Patient", usable[0]) if usable else None
+    usable = [i for i in identifiers if i["system"] != INVALID_NHS_NUMBER_SYSTEM]
+    if usable:
+        return id_from("Patient", usable[0])
+    if not identifiers:
+        return None
+    first = identifiers[0]
+    system = f"{first['system']}|{sender_system}" if sender_system else str(first["system"])
+    return resource_id("Patient", system, str(first["value"]))
 
 
 def _names(pid: Seg) -> list[Json]:
@@ -181,7 +196,7 @@ def patient(pid: Seg, pd1: Seg | None, ctx: Context) -> Resource:
     """PID (+PD1) -> UK Core Patient; without any identifier, a message-scoped id and a warning."""
     ctx.take(pid)
     identifiers = person_identifiers(pid, PID_FIELDS, ctx, _nhs_status(pid))
-    rid = patient_id(identifiers)
+    rid = patient_id(identifiers, ctx.systems.local(ctx.header.facility))
     if rid is None:
         # A referral must not be lost for want of a patient number: a message-scoped patient, flagged.
         ctx.warn(
@@ -360,8 +375,8 @@ def referral_status(rf1: Seg | None, event: str, ctx: Context) -> str:
 
 
 def referral(rf1: Seg | None, ctx: Context, subject: Json, code_text: str) -> Resource:
-    """RF1 -> UK Core ServiceRequest (the referral): status (RF1-1), priority (RF1-2), category (RF1-3),
-    reason (RF1-10), authoredOn (RF1-7), identifiers RF1-6/RF1-11. A missing RF1 still gives a
+    """RF1 -> UK Core ServiceRequest (the referral): status (RF1-1), category (RF1-3), reason (RF1-10),
+    authoredOn (RF1-7), identifiers RF1-6/RF1-11 (priority RF1-2: priority.py). A missing RF1 still gives a
     request (a referral is never lost), identified by MSH-10, with a warning."""
     identifiers = referral_identifiers(rf1, ctx.systems)
     resource: Resource = {
@@ -379,7 +394,7 @@ def referral(rf1: Seg | None, ctx: Context, subject: Json, code_text: str) -> Re
     authored = ctx.time(rf1, 7)
     optional: dict[str, Any] = {
         "identifier": identifiers,
-        "priority": _code_lookup(rf1, 2, "v2-0280-referral-priority", ctx),
+        # RF1-2 (priority) is read by priority.referral_priority, through the sender's own codes.
         "category": [c for c in (cwe_concept(rf1.composite(3)),) if c],
         "reasonCode": [c for c in (cwe_concept(x) for x in rf1.composites(10)) if c],
         "authoredOn": authored.value if authored else None,
@@ -410,9 +425,14 @@ def _prd_person(prd: Seg, ctx: Context) -> Json | None:
     display = person_display(name.get("family", ""), name.get("given", []), " ".join(name.get("prefix", [])))
     if display:
         person["display"] = display
-    # PRD-7 provider identifiers (PI / PLN: id ^ type ^ ...), scoped by the sending facility.
+    # PRD-7 provider identifiers (PLN: id ^ type ^ ...; some senders write a CX: id ^^^ authority).
+    # A national register (GMC, GMP...) named as the type or the authority gives its own system; any
+    # other number is local, scoped by the sending facility.
     ident = prd.composite(7)
-    if ident.c(1):
+    national = national_system(ident.c(2), ident.part(4).c(1))
+    if ident.c(1) and national:
+        person["identifier"] = {"system": national, "value": ident.c(1)}
+    elif ident.c(1):
         person["identifier"] = {"system": ctx.systems.local(ctx.header.facility), "value": ident.c(1)}
         kind = identifier_type(ident.c(2))
         if kind:
@@ -429,14 +449,29 @@ def _prd_organization(prd: Seg, ctx: Context) -> Json | None:
     return organization_reference(place.c(9), place.part(4).c(1), ctx.systems)
 
 
-def provider(prd: Seg, ctx: Context, local_id: str) -> Resource | None:
+def sending_organization(ctx: Context) -> Json | None:
+    """The sending facility (MSH-4) as an Organization reference, only when it is an ODS code: an
+    application or site name identifies no trust to send updates to."""
+    found = hd_reference(ctx.msh().composite(4), ctx.systems)
+    return found if found and has_ods_code(found) else None
+
+
+def has_ods_code(organization: Json | None) -> bool:
+    """Whether an Organization reference carries an ODS code (the key notifications are routed by)."""
+    ident = (organization or {}).get("identifier") or {}
+    return bool(ident.get("system") == ODS_ORGANIZATION_SYSTEM and ident.get("value"))
+
+
+def provider(prd: Seg, ctx: Context, local_id: str, default_organization: Json | None = None) -> Resource | None:
     """PRD -> contained PractitionerRole: person PRD-2/PRD-7, organisation PRD-10 or PRD-4 (ODS
-    code), contacts PRD-5, role PRD-1 (table 0286)."""
+    code), contacts PRD-5, role PRD-1 (table 0286). ``default_organization`` stands in when PRD names
+    no organisation by ODS code (the referring provider's trust is then the sending facility)."""
     ctx.take(prd)
     telecom = [t for t in (xtn_contact(x, "work") for x in prd.composites(5)) if t]
-    return practitioner_role(
-        local_id, cwe_concept(prd.composite(1)), _prd_person(prd, ctx), _prd_organization(prd, ctx), telecom
-    )
+    organization = _prd_organization(prd, ctx)
+    if default_organization and not has_ods_code(organization):
+        organization = default_organization
+    return practitioner_role(local_id, cwe_concept(prd.composite(1)), _prd_person(prd, ctx), organization, telecom)
 
 
 def diagnosis(dg1: Seg, ctx: Context) -> Json | None:

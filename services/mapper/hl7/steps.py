@@ -12,11 +12,14 @@ import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..data_quality import referral_task
 from ..model import MappingError, Patch, Resource
 from . import segments, tables
+from .clinical import Clinical, clinical_content
 from .context import Context
 from .datatypes import Json
 from .mscc import Pathway, assessment_patch, care_plan_patch, pathway_table
+from .priority import referral_priority
 from .reader import Seg
 from .supporting import Neurological, supporting_info
 
@@ -185,43 +188,93 @@ def _referral_parts(ctx: Context) -> tuple[list[tuple[Seg, list[Seg]]], list[Seg
 
 
 def _providers(ctx: Context, request: Resource) -> list[Resource]:
-    """PRD RP (the first) -> requester, PRD RT -> performer; both as contained PractitionerRoles."""
+    """PRD RP (the first) -> requester, PRD RT -> performer; both as contained PractitionerRoles.
+
+    The requester always names the referring trust when the message gives one anywhere: the PRD's
+    organisation (PRD-10, PRD-4) when it is an ODS code, else the sending facility (MSH-4) when that is;
+    without any PRD RP the sending facility is the requester. Subscriptions are filtered on it, so a
+    referral without it reaches no trust: that is flagged as a warning on the message.
+    """
     contained: list[Resource] = []
+    sender = segments.sending_organization(ctx)
     for number, prd in enumerate(ctx.all("PRD"), start=1):
         role = prd.value(1).upper()
         if role == "RP" and "requester" not in request:
-            found = segments.provider(prd, ctx, "requester")
+            found = segments.provider(prd, ctx, "requester", sender)
             if found:
                 request["requester"] = {"reference": "#requester"}
                 contained.append(found)
+                if sender and found.get("organization") is sender:
+                    ctx.info("PRD-10 and PRD-4 give no ODS code: the referring organisation is MSH-4", "PRD-4")
         elif role == "RT":
             found = segments.provider(prd, ctx, f"performer-{number}")
             if found:
                 request.setdefault("performer", []).append({"reference": f"#{found['id']}"})
                 contained.append(found)
+    if "requester" not in request and sender:
+        request["requester"] = sender
+        ctx.info("no PRD referring provider: the requester is the sending facility (MSH-4)", "PRD")
+    requester = next((c for c in contained if c["id"] == "requester"), None)
+    if not segments.has_ods_code((requester or {}).get("organization") or request.get("requester")):
+        ctx.warn(
+            "the referral names no referring organisation by ODS code (PRD-10, PRD-4, MSH-4): no trust "
+            "can be notified about it until one is supplied",
+            "PRD-4",
+        )
     return contained
 
 
+def _reference(resource: Resource, what: str) -> Json:
+    code = resource.get("code") or {}
+    coding = (code.get("coding") or [{}])[0]
+    text = str(code.get("text") or coding.get("display") or coding.get("code") or "")
+    return {"reference": f"{resource['resourceType']}/{resource['id']}", "display": f"{what}: {text}".rstrip(": ")}
+
+
+def _link_clinical(request: Resource, found: Clinical) -> None:
+    """The referral names its clinical content: DG1 Conditions as ``reasonReference`` (their codes also
+    lead ``reasonCode``, for clients that do not follow references, ahead of RF1-10's administrative
+    reason); AL1 allergies and PR1 procedures in ``supportingInfo``."""
+    if found.conditions:
+        request["reasonReference"] = [_reference(c, "Diagnosis") for c in found.conditions]
+        request["reasonCode"] = [*(c["code"] for c in found.conditions), *request.get("reasonCode", [])]
+    extra = [_reference(a, "Allergy") for a in found.allergies]
+    extra += [_reference(p, "Procedure") for p in found.procedures]
+    if extra:
+        request["supportingInfo"] = [*request.get("supportingInfo", []), *extra]
+
+
 def referral_step(ctx: Context, out: Output) -> None:
-    """RF1 + PRD + DG1 + NTE + OBX -> the referral ServiceRequest (supporting info contained)."""
+    """RF1 + PRD + DG1 + AL1 + PR1 + NTE + OBX -> the referral ServiceRequest (supporting info
+    contained) and the Conditions, AllergyIntolerances and Procedures it links to."""
     rf1 = ctx.first("RF1")
     if rf1 is None:
         ctx.warn(f"{ctx.header.type} has no RF1: the referral has no status, priority or identifier", "RF1")
     request = segments.referral(rf1, ctx, out.subject(), str(pathway_table()["referral_code_text"]))
     if out.encounter:
         request["encounter"] = out.encounter
+    priority = referral_priority(rf1, ctx)
+    if priority.code:
+        request["priority"] = priority.code
     contained = _providers(ctx, request)
-    reasons = [r for r in (segments.diagnosis(d, ctx) for d in ctx.all("DG1")) if r]
-    if reasons:
-        request["reasonCode"] = [*request.get("reasonCode", []), *reasons]
+    clinical = clinical_content(ctx, out.subject(), ctx.segments)
     observations, notes = _referral_parts(ctx)
     info = supporting_info(observations, ctx, out.subject())
     annotations = [a for a in (segments.note(n, ctx) for n in notes) if a]
+    if priority.note:
+        annotations.insert(0, {"text": priority.note})
     optional = {"contained": contained + info.contained, "supportingInfo": info.references, "note": annotations}
     request.update({k: v for k, v in optional.items() if v})
-    out.resources.append(request)
+    _link_clinical(request, clinical)
+    out.resources += [request, *clinical.resources]
     out.primary = request
     out.neurological = info.neurological
+
+
+def clinical_step(ctx: Context, out: Output) -> None:
+    """AL1, PR1 and DG1 of the message -> AllergyIntolerance, Procedure, Condition (messages without a
+    referral to link them from, e.g. ADT)."""
+    out.resources += clinical_content(ctx, out.subject(), ctx.segments).resources
 
 
 def _clock_start(ctx: Context, out: Output) -> datetime | None:
@@ -250,6 +303,16 @@ def pathway_step(ctx: Context, out: Output) -> None:
     if pathway.start is None:
         ctx.warn("neither RF1-7 nor MSH-7 gives the referral time: the pathway has no deadlines", "MSH-7")
     out.patches += [assessment_patch(pathway), care_plan_patch(pathway)]
+
+
+def data_quality_step(ctx: Context, out: Output) -> None:
+    """The referral's data-quality Task: what of the MSCC minimum data it lacks (see data_quality.py)."""
+    request = out.primary
+    if request is None:
+        return
+    subject = (request.get("subject") or {}).get("reference")
+    patient = next((r for r in out.resources if f"Patient/{r['id']}" == subject), None)
+    out.resources.append(referral_task(request, patient, out.neurological))
 
 
 # --- orders and results ---------------------------------------------------------------------------------
@@ -376,7 +439,7 @@ def merge_step(ctx: Context, out: Output) -> None:
             ctx.warn("ADT^A40 patient group without MRG: nothing to merge", "MRG")
         for mrg in mrgs:
             old_identifiers = segments.merged_identifiers(mrg, ctx)
-            old_id = segments.patient_id(old_identifiers)
+            old_id = segments.patient_id(old_identifiers, ctx.systems.local(ctx.header.facility))
             if old_id is None or old_id == survivor["id"]:
                 ctx.info("MRG names no other patient (no identifier, or the same Patient): no merge", "MRG-1")
                 continue

@@ -1,0 +1,104 @@
+"""Messages held for review: list them, apply one despite its conflict, or reject one.
+
+The mapper holds a message whose patient conflicts with the stored patient (another birth date or sex,
+a wholly different name, another NHS number): status ``needs-review``, an OperationOutcome naming the
+conflict in ``processing.outcome``, nothing written. An operator decides (``mscc messages review |
+apply | reject``, or ``/admin/messages``):
+
+- apply: the record goes back to ``ready`` with ``review.decision = "apply"`` (who, when); the mapper
+  writes it then, onto the matched patient, without the conflict check;
+- reject: the record becomes ``review-rejected`` with the reason (who, when); nothing is ever written
+  from it, and it is kept.
+
+Both are guarded by the record's status, so two operators cannot decide the same record twice.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from .store import Document, Store
+
+NEEDS_REVIEW = "needs-review"
+REVIEW_REJECTED = "review-rejected"
+
+
+class ReviewError(Exception):
+    """The record does not exist (``status`` 404) or is not waiting for review (409)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def summary(doc: Document) -> dict[str, Any]:
+    """What an operator needs to decide: which message, from whom, and the conflicts (masked values)."""
+    header = doc.get("header") or {}
+    processing = doc.get("processing") or {}
+    outcome = processing.get("outcome") or {}
+    return {
+        "id": doc["_id"],
+        "status": doc.get("status"),
+        "received_at": doc.get("received_at"),
+        "protocol": doc.get("protocol"),
+        "message_type": header.get("message_type") or header.get("interaction"),
+        "sender": header.get("sending_facility") or (doc.get("caller") or {}).get("ods_code"),
+        "control_id": header.get("control_id"),
+        "held_at": processing.get("at"),
+        "conflicts": [i.get("diagnostics") for i in outcome.get("issue", []) if i.get("code") == "conflict"],
+        "review": doc.get("review"),
+    }
+
+
+async def held(store: Store, limit: int = 50) -> list[Document]:
+    """Records waiting for review, oldest first (they block nothing, but each is a patient's message)."""
+    cursor = store.messages.find({"status": NEEDS_REVIEW}, {"raw": 0, "text": 0}).sort("received_at", 1)
+    return [doc async for doc in cursor.limit(limit)]
+
+
+async def _decide(store: Store, record_id: str, update: dict[str, Any], unset: dict[str, str]) -> Document:
+    changed = await store.messages.find_one_and_update(
+        {"_id": record_id, "status": NEEDS_REVIEW},
+        {"$set": update, "$unset": unset} if unset else {"$set": update},
+        projection={"raw": 0, "text": 0},
+        return_document=True,
+    )
+    if changed is not None:
+        return changed
+    found = await store.messages.find_one({"_id": record_id}, {"status": 1})
+    if found is None:
+        raise ReviewError(f"no record {record_id}", 404)
+    raise ReviewError(f"record {record_id} has status {found.get('status')!r}, not {NEEDS_REVIEW!r}", 409)
+
+
+async def apply(store: Store, record_id: str, by: str, now: datetime | None = None) -> Document:
+    """Queue the held record for mapping again, to be written despite its conflict; ``ReviewError``
+    when it does not exist or is not held."""
+    when = now or datetime.now(UTC)
+    update = {
+        "status": "ready",
+        "review.status": "applied",
+        "review.decision": "apply",
+        "review.by": by,
+        "review.at": when,
+        "map_attempts": 0,
+    }
+    return await _decide(store, record_id, update, {"next_attempt_at": "", "lease": ""})
+
+
+async def reject(store: Store, record_id: str, by: str, reason: str, now: datetime | None = None) -> Document:
+    """Close the held record without writing anything from it; ``ReviewError`` when it does not exist,
+    is not held, or no reason is given (400)."""
+    if not reason.strip():
+        raise ReviewError("a reason is required to reject a message", 400)
+    when = now or datetime.now(UTC)
+    update = {
+        "status": REVIEW_REJECTED,
+        "review.status": "rejected",
+        "review.decision": "reject",
+        "review.by": by,
+        "review.at": when,
+        "review.reason": reason.strip(),
+    }
+    return await _decide(store, record_id, update, {})
