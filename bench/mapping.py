@@ -59,9 +59,11 @@ CHILD_START_TIMEOUT_S = 90.0
 RAW_BATCH = 100
 ACCEPTED = frozenset({"AA", "CA"})  # MSH-15 "AL" asks for enhanced-mode commit ACKs (CA)
 EXPECTED: dict[str, dict[str, int]] = {  # resources (by type) each message of a workload writes
-    "A01": {"Patient": 1, "Encounter": 1},
-    # ... and the referral's data-quality Task (the referral states its neurology in an NTE only).
-    "I12": {"Patient": 1, "ServiceRequest": 1, "Encounter": 1, "CarePlan": 1, "Task": 1},
+    # AL1 -> AllergyIntolerance, DG1 -> Condition.
+    "A01": {"Patient": 1, "Encounter": 1, "AllergyIntolerance": 1, "Condition": 1},
+    # Two DG1 -> two Conditions; the pathway's Encounter and CarePlan; and the referral's data-quality
+    # Task (the referral states its neurology in an NTE only).
+    "I12": {"Patient": 1, "ServiceRequest": 1, "Encounter": 1, "CarePlan": 1, "Task": 1, "Condition": 2},
 }
 HUB_TYPES = frozenset({"Questionnaire"})  # published by the mapper itself at start-up, not by messages
 
@@ -852,7 +854,7 @@ async def verify(store: Store, row: Row) -> None:
     if got != dict(expected):
         row.problems.append(f"resources by type {got}, expected {dict(expected)}")
     # each message's own processing record: the resources it wrote (all new, version 1)
-    wanted = {tuple(sorted(EXPECTED[kind])) for kind in halves}
+    wanted = {tuple(sorted(t for t, n in EXPECTED[kind].items() for _ in range(n))) for kind in halves}
     per_message: Counter[tuple[str, ...]] = Counter()
     async for doc in store.messages.find({}, {"processing.resources": 1}):
         written = (doc.get("processing") or {}).get("resources") or []
@@ -985,9 +987,10 @@ def report(rows: list[Row], raw: list[RawRow], cores: int) -> bool:
             print(f"{w.name:<46} {w.batches:>7} {w.seconds:>8.2f} {w.resource_rate:>15.0f} {w.write_rate:>9.0f}")
             if w.steps_ms:
                 print("    ms per batch: " + ", ".join(f"{k} {v:.1f}" for k, v in w.steps_ms.items()))
+        per = {kind: sum(types.values()) for kind, types in EXPECTED.items()}
         print(
-            "  (a mapped A01 writes 2 resources per message, an I12 4: the writer's ceiling in messages/s is about\n"
-            "   the transaction row's resource docs/s divided by that, before any mapping CPU)"
+            f"  (a mapped A01 writes {per['A01']} resources per message, an I12 {per['I12']}: the writer's ceiling in"
+            " messages/s is\n   about the transaction row's resource docs/s divided by that, before any mapping CPU)"
         )
 
     print()

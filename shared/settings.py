@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     notifier_timeout_s: float = Field(default=10.0, gt=0, le=120)
     notifier_lanes: int = Field(default=32, ge=1, le=1024)
     notifier_retention_days: int = Field(default=30, ge=1)
+    # One outbox event the fan-out fails on (its focus unreadable, a filter that raises) is tried this
+    # many times, ``notifier_fanout_retry_s`` x 2^(n-1) apart (at most 10 minutes), then dead-lettered.
+    notifier_fanout_max_attempts: int = Field(default=5, ge=1, le=100)
+    notifier_fanout_retry_s: float = Field(default=5.0, gt=0)
 
     # MSCC pathway: service hours (local time, every listed day; 0 = Monday) and the SLA scanner.
     service_opens: time = time(7, 30)

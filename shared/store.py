@@ -93,7 +93,14 @@ class Store:
             ]
         )
         await self.history.create_indexes(
-            [IndexModel([("type", ASCENDING), ("id", ASCENDING), ("version", ASCENDING)], name="type_id_version")]
+            [
+                IndexModel([("type", ASCENDING), ("id", ASCENDING), ("version", ASCENDING)], name="type_id_version"),
+                # Type history (GET /fhir/{type}/_history): newest first, from _since on, sorted by the
+                # index (read backwards) rather than in memory, which MongoDB caps at 32 MB.
+                IndexModel(
+                    [("type", ASCENDING), ("last_updated", ASCENDING), ("_id", ASCENDING)], name="type_last_updated_id"
+                ),
+            ]
         )
         await self.resources.create_indexes(
             [

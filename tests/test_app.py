@@ -40,7 +40,7 @@ EXAMPLE_OF = {
     "Procedure": "../../microsoft-fhir-converter/expected-fhir/ADT-A04-01-expected.json#Procedure",
 }
 # What this server implements; anything else claimed in the CapabilityStatement is a lie.
-IMPLEMENTED = {"create", "read", "vread", "search-type", "history-instance", "update", "delete"}
+IMPLEMENTED = {"create", "read", "vread", "search-type", "history-instance", "history-type", "update", "delete"}
 UPDATABLE = {"ServiceRequest", "Encounter", "CarePlan", "Subscription"}  # PUT with If-Match
 CREATABLE = {"ServiceRequest", "Subscription"}
 
@@ -108,11 +108,13 @@ async def test_capability_statement_claims_only_what_exists(http: httpx.AsyncCli
     for rtype, resource in resources.items():
         codes = {i["code"] for i in resource["interaction"]}
         assert codes <= IMPLEMENTED, (rtype, codes)
-        assert not codes & {"patch", "history-type"}
+        assert "patch" not in codes
         assert "update" not in codes or rtype in UPDATABLE, rtype
         assert "delete" not in codes or rtype == "Subscription", rtype
-        for flag in ("conditionalUpdate", "conditionalDelete", "conditionalRead", "updateCreate"):
+        for flag in ("conditionalUpdate", "conditionalDelete", "updateCreate"):
             assert resource.get(flag) in (None, False, "not-supported"), (rtype, flag)
+        # If-None-Match and If-Modified-Since on read (tests/test_fhir_conventions.py).
+        assert resource.get("conditionalRead") in (None, "not-supported", "full-support"), rtype
         assert not resource.get("searchInclude"), rtype
         if rtype not in CREATABLE:
             assert "create" not in codes
@@ -142,6 +144,9 @@ async def test_every_claimed_interaction_answers(http: httpx.AsyncClient, settin
         if "history-instance" in codes:
             response = await http.get(f"/fhir/{rtype}/not-there/_history")
             assert response.status_code == 404 and response.json()["issue"][0]["code"] == "not-found", rtype
+        if "history-type" in codes:
+            response = await http.get(f"/fhir/{rtype}/_history")
+            assert response.status_code == 200 and response.json()["type"] == "history", rtype
         if "vread" in codes:
             response = await http.get(f"/fhir/{rtype}/not-there/_history/1")
             assert response.status_code == 404 and response.json()["issue"][0]["code"] == "not-found", rtype
@@ -219,7 +224,6 @@ async def test_every_claimed_interaction_answers(http: httpx.AsyncClient, settin
         ("PUT", "/fhir/Patient/x"),  # update of a type that is never updated
         ("PATCH", "/fhir/ServiceRequest/x"),  # patch
         ("DELETE", "/fhir/ServiceRequest/x"),  # delete
-        ("GET", "/fhir/ServiceRequest/_history"),  # history-type
         ("GET", "/fhir/_history"),  # history-system
         ("POST", "/fhir/Patient"),  # create of a read-only type
     ],

@@ -19,7 +19,6 @@ import pytest
 from aiohttp import web
 
 from services.intake.service import IntakeService
-from services.mapper.data_quality import Referral, minimum_data, primary_cancer, referral_task
 from services.mapper.hl7 import map_hl7v2
 from services.mapper.service import MapperService
 from services.mapper.worker import WorkerConfig
@@ -28,6 +27,7 @@ from services.notifier.http import client_session
 from services.notifier.service import NotifierService
 from services.notifier.subscriptions import SubscriptionService
 from services.notifier.topics import topic_url
+from services.pathway.data_quality import Referral, minimum_data, primary_cancer, referral_task
 from shared.auth import Caller
 from shared.er7 import parse_message
 from shared.fhir import FhirError

@@ -24,7 +24,7 @@ from helpers import app_client
 
 from services.intake.fhir_intake import business_id, legacy_id
 from services.intake.service import IntakeService
-from services.mapper.hl7 import segments
+from services.mapper.hl7.segments import patients
 from services.mapper.service import MapperService
 from services.pathway.sla import scan_sla
 from shared.fhir import validate
@@ -182,7 +182,7 @@ async def test_subject_by_nhs_number_creates_the_patient_hl7v2_would_and_never_o
     http: httpx.AsyncClient, intake: IntakeService
 ) -> None:
     # The id is the one the HL7v2 mapping derives for this NHS number.
-    expected = segments.patient_id([{"system": NHS_NUMBER_SYSTEM, "value": NHS}])
+    expected = patients.patient_id([{"system": NHS_NUMBER_SYSTEM, "value": NHS}])
     assert expected == nhs_patient_id(NHS)
     assert (await post_sr(http, fhir_referral())).status_code == 201
     await drain(intake.store)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from services.mapper.hl7 import map_hl7v2
-from services.mapper.hl7.mscc import ASSESSMENT_NAMESPACE
 from services.mapper.model import MappingError, MappingResult
+from services.pathway.plan import ASSESSMENT_NAMESPACE
 from shared.ids import resource_id
 
 CORPUS = Path(__file__).parent / "corpus" / "microsoft-fhir-converter"

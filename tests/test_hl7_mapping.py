@@ -15,28 +15,21 @@ import pytest
 
 from services.mapper.hl7 import MESSAGES, MappingConfig, SenderConfig, map_hl7v2
 from services.mapper.hl7 import tables as code_tables
-from services.mapper.hl7.datatypes import (
-    INVALID_NHS_NUMBER_SYSTEM,
-    InvalidValue,
-    Systems,
-    cwe_concept,
-    cx_identifier,
-    parse_ts,
-    xad_address,
-    xcn_reference,
-    xon_reference,
-    xpn_name,
-    xtn_contact,
-)
-from services.mapper.hl7.mscc import assessment_id, care_plan_id
+from services.mapper.hl7.datatypes.codes import cwe_concept
+from services.mapper.hl7.datatypes.demographics import xad_address, xpn_name, xtn_contact
+from services.mapper.hl7.datatypes.identifiers import Systems, cx_identifier
+from services.mapper.hl7.datatypes.references import xcn_reference, xon_reference
+from services.mapper.hl7.datatypes.times import InvalidValue, parse_ts
 from services.mapper.hl7.reader import Composite
 from services.mapper.model import MappingError, MappingResult
+from services.pathway.plan import assessment_id, care_plan_id
 from shared.er7 import DEFAULT_SEPARATORS, parse_message, segment_spans, split_message_log
 from shared.fhir import validate
 from shared.ids import local_system
 from shared.mllp import Frame, FrameDecoder
 from shared.nhs import (
     GMC_NUMBER_SYSTEM,
+    INVALID_NHS_NUMBER_SYSTEM,
     NHS_NUMBER_SYSTEM,
     ODS_ORGANIZATION_SYSTEM,
     VERIFICATION_STATUS_URL,
@@ -163,7 +156,7 @@ def all_content(result: MappingResult) -> list[Resource]:
 
 
 def test_nhs_number_modulus_11() -> None:
-    # the DOMAIN.md example is valid; a changed last digit is not
+    # the worked example in docs/domain.md is valid; a changed last digit is not
     assert is_valid_nhs_number(NHS)
     assert not is_valid_nhs_number("9449305553")
 

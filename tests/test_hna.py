@@ -18,13 +18,13 @@ import httpx
 import pytest
 
 from services.mapper.fhir_records import map_bundle
-from services.mapper.hna import support_plan, support_plan_id
-from services.mapper.pathway import derive
 from services.mapper.service import MapperService
 from services.notifier.fanout import FanOut
 from services.notifier.model import ChangeEvent, Focus
 from services.notifier.subscriptions import SubscriptionService
 from services.notifier.topics import topic_url, triggered
+from services.pathway.derive import derive
+from services.pathway.hna import support_plan, support_plan_id
 from shared.auth import Caller
 from shared.fhir import FhirError, validate
 from shared.hna import accepted_references, check_responses, definition, is_support_plan, problems

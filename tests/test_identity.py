@@ -22,9 +22,9 @@ import pytest
 from services.intake.service import IntakeService
 from services.mapper.hl7 import map_hl7v2
 from services.mapper.hl7.config import MappingConfig
-from services.mapper.hl7.datatypes import Systems, cx_identifier, ei_identifier
+from services.mapper.hl7.datatypes.identifiers import Systems, cx_identifier, ei_identifier
 from services.mapper.hl7.reader import Composite
-from services.mapper.hl7.segments import id_from
+from services.mapper.hl7.segments.common import id_from
 from services.mapper.matching import Candidates, conflicts, merge_patient, resolve
 from services.mapper.model import MappingResult
 from services.mapper.service import MapperService

@@ -12,10 +12,10 @@ import httpx
 
 from services.intake.service import IntakeService
 from services.mapper.dispatch import make_mapper
-from services.mapper.hna import definition
 from services.mapper.model import MappingError, MappingResult, TransientError
 from services.mapper.service import MapperService
 from services.mapper.worker import MapperWorker, WorkerConfig
+from services.pathway.hna import definition
 from shared.fhir import validate
 from shared.store import Document, Store
 

@@ -14,51 +14,44 @@ def _binary() -> Path:
     return find_mongod(Path(os.environ.get("MSCC_CACHE_DIR", Path.home() / ".cache" / "mscc")))
 
 
-def _count(uri: str) -> int:
-    client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
+def _client(uri: str) -> MongoClient[dict[str, object]]:
+    return MongoClient(uri, serverSelectionTimeoutMS=5000)
+
+
+def _first_run(dbpath: Path) -> int:
+    """Start on a new dbpath, store one document, stop; the port it ran on."""
+    first = LocalMongod(_binary(), dbpath)
+    first.start(timeout_s=30)
     try:
-        return client.restart_check.items.count_documents({})
+        with _client(first.uri) as client:
+            client.restart_check.items.insert_one({"kept": True})
     finally:
-        client.close()
+        first.stop()
+    return first.port
+
+
+def _restart_and_count(server: LocalMongod) -> int:
+    server.start(timeout_s=20)
+    try:
+        with _client(server.uri) as client:
+            return client.restart_check.items.count_documents({})
+    finally:
+        server.stop()
 
 
 def test_restart_on_same_data_keeps_port_and_data(tmp_path: Path) -> None:
     dbpath = tmp_path / "db"
-    first = LocalMongod(_binary(), dbpath)
-    first.start(timeout_s=30)
-    try:
-        client: MongoClient[dict[str, object]] = MongoClient(first.uri, serverSelectionTimeoutMS=5000)
-        client.restart_check.items.insert_one({"kept": True})
-        client.close()
-    finally:
-        first.stop()
-    assert (dbpath / PORT_FILE).read_text() == str(first.port)
-
+    port = _first_run(dbpath)
+    assert (dbpath / PORT_FILE).read_text() == str(port)
     again = LocalMongod(_binary(), dbpath)
-    assert again.port == first.port
-    again.start(timeout_s=20)
-    try:
-        assert _count(again.uri) == 1
-    finally:
-        again.stop()
+    assert again.port == port
+    assert _restart_and_count(again) == 1
 
 
 def test_restart_on_another_port_renames_the_member(tmp_path: Path) -> None:
     dbpath = tmp_path / "db"
-    first = LocalMongod(_binary(), dbpath)
-    first.start(timeout_s=30)
-    try:
-        client: MongoClient[dict[str, object]] = MongoClient(first.uri, serverSelectionTimeoutMS=5000)
-        client.restart_check.items.insert_one({"kept": True})
-        client.close()
-    finally:
-        first.stop()
-
+    port = _first_run(dbpath)
     # The remembered port is taken by someone else: the restart must still become PRIMARY, quickly.
     moved = LocalMongod(_binary(), dbpath, port=free_port())
-    assert moved.port != first.port
-    moved.start(timeout_s=20)
-    try:
-        assert _count(moved.uri) == 1
-    finally:
-        moved.stop()
+    assert moved.port != port
+    assert _restart_and_count(moved) == 1

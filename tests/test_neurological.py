@@ -1,7 +1,7 @@
 """Reading the neurological status, fail-safe (NICE NG234: any sign means MRI within 24 hours).
 
 The phrasings and their expected readings are data beside the rules
-(``services/mapper/tables/neurological-phrasings.json``); this module checks every one, then follows
+(``services/pathway/data/neurological-phrasings.json``); this module checks every one, then follows
 whole referrals (HL7v2 REF^I12 and FHIR ServiceRequest) through intake and the mapper to the pathway
 CarePlan's deadline, and through the SLA scanner.
 """
@@ -18,16 +18,23 @@ from typing import Any
 import httpx
 import pytest
 
-from services.mapper.hl7.neurological import Neurological, combine, read_item, read_text
-from services.mapper.hl7.supporting import observation_reading
-from services.mapper.pathway import neurological
 from services.mapper.service import MapperService
+from services.pathway.items import items
+from services.pathway.neurological import (
+    Neurological,
+    combine,
+    neurological_keys,
+    observation_reading,
+    read_item,
+    read_text,
+    referral_reading,
+)
 from services.pathway.sla import scan_sla
 from shared.fhir import validate
 from shared.store import Document, Store
 
 PHRASINGS = json.loads(
-    (Path(__file__).parent.parent / "services/mapper/tables/neurological-phrasings.json").read_text("utf-8")
+    (Path(__file__).parent.parent / "services/pathway/data/neurological-phrasings.json").read_text("utf-8")
 )
 HL7 = {"Content-Type": "application/hl7-v2"}
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -48,11 +55,21 @@ def test_the_table_holds_enough_real_phrasings_of_every_reading() -> None:
 def test_free_text_rules_are_lower_case() -> None:
     # they run on lower-cased text without re.IGNORECASE (much faster): an upper-case rule never matches
     rules = json.loads(
-        (Path(__file__).parent.parent / "services/mapper/tables/mscc-supporting-info.json").read_text("utf-8")
-    )["neurological_reading"]
+        (Path(__file__).parent.parent / "services/pathway/data/neurological-rules.json").read_text("utf-8")
+    )["free_text"]
     text = json.dumps({k: v for k, v in rules.items() if k != "_note"})
     without_escapes = re.sub(r"\\\\[A-Za-z]", "", text)  # escapes (\\b, \\S) are not letters of a rule
     assert without_escapes == without_escapes.lower()
+
+
+def test_every_item_rule_names_a_referral_information_item() -> None:
+    # The per-item rules (neurological-rules.json) and the items (mscc-supporting-info.json) are two files:
+    # a rule under a key no item has would never be applied, and a misspelt key would read that item as
+    # free text only. The phrasings' items must name ruled items too.
+    keys = {item.key for item in items()}
+    assert neurological_keys() <= keys
+    assert {"neurological-status", "motor-power", "sensory-level", "sphincter-function"} <= neurological_keys()
+    assert {case["key"] for case in PHRASINGS["items"]} <= neurological_keys()
 
 
 @pytest.mark.parametrize("case", PHRASINGS["texts"], ids=lambda c: c["text"][:50] or "<empty>")
@@ -111,8 +128,8 @@ def test_contained_practitioner_role_and_malformed_content_do_not_raise() -> Non
             {"resourceType": "Observation", "code": {"coding": [None, 3]}},
         ],
     }
-    assert neurological(request) == "unknown"
-    assert neurological({"resourceType": "ServiceRequest", "contained": {"not": "a list"}}) == "unknown"
+    assert referral_reading(request) == "unknown"
+    assert referral_reading({"resourceType": "ServiceRequest", "contained": {"not": "a list"}}) == "unknown"
     assert observation_reading(PRACTITIONER_ROLE) is None
 
 
@@ -127,7 +144,7 @@ def test_fhir_observations_are_read_by_their_code() -> None:
     performance = observation({"text": "WHO performance status"}, valueString="Yes")
 
     def status(*items: dict[str, Any]) -> str:
-        return neurological({"resourceType": "ServiceRequest", "contained": [PRACTITIONER_ROLE, *items]})
+        return referral_reading({"resourceType": "ServiceRequest", "contained": [PRACTITIONER_ROLE, *items]})
 
     assert status(motor, sensory, sphincter) == "present"  # T10 is a sign, though it names none
     assert status(motor, sphincter, neuro_absent) == "absent"

@@ -30,8 +30,8 @@ from services.intake.service import IntakeService
 from services.mapper.service import MapperService
 from services.mapper.worker import WorkerConfig
 from services.notifier.backport import CHANNEL_TYPE, FILTER_CRITERIA, PAYLOAD_CONTENT, channel_type_system
+from services.notifier.channels.rri import control_id
 from services.notifier.fanout import FanOut
-from services.notifier.hl7 import control_id
 from services.notifier.http import client_session
 from services.notifier.model import Delivery
 from services.notifier.notification import notification_event

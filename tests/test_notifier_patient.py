@@ -18,7 +18,7 @@ import pytest
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
 from services.notifier.backport import CHANNEL_TYPE, FILTER_CRITERIA, channel_type_system
-from services.notifier.hl7 import PatientNumber, patient_numbers
+from services.notifier.channels.rri import PatientNumber, patient_numbers
 from services.notifier.http import client_session
 from services.notifier.service import NotifierService
 from services.notifier.subscriptions import SubscriptionService

@@ -7,6 +7,7 @@ contact: the referral's authoredOn); the scan is then run at chosen instants.
 from __future__ import annotations
 
 import asyncio
+import copy
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -14,6 +15,8 @@ import httpx
 import pytest
 from test_pathway import create_referrals, referral_body
 
+from services.pathway import table
+from services.pathway.plan import care_plan_id
 from services.pathway.scanner import SlaScanner
 from services.pathway.sla import ServiceHours, SlaRules, scan_sla
 from services.pathway.transitions import apply_transition
@@ -164,3 +167,34 @@ async def test_scanner_runs_until_stopped_on_an_injected_clock(
     stop.set()
     await asyncio.wait_for(task, 5)
     assert (await sla_events(store))["breached"]["id"] == rid
+
+
+# --- one window table -----------------------------------------------------------------------------------
+
+
+async def test_one_window_table_sets_the_care_plan_deadlines_and_the_scanners_windows(
+    http: httpx.AsyncClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Changing the SLA window is one edit: window_hours of the pathway table. Both the deadlines written
+    # on the CarePlan and the window the scanner falls back to (a plan without deadlines) follow it.
+    changed = copy.deepcopy(table.pathway_table())
+    changed["window_hours"] = {"present": 6, "absent": 48, "unknown": 6}
+    monkeypatch.setattr(table, "pathway_table", lambda: changed)
+    signs, clear = await create_referrals(
+        http,
+        store,
+        referral_body("SLA-W1", DAY, "weakness both legs since yesterday"),
+        referral_body("SLA-W2", DAY, "Power 5/5 throughout. Sensation normal. No saddle anaesthesia"),
+    )
+    plans = [f"CarePlan/{care_plan_id(rid)}" for rid in (signs, clear)]
+    for key, hours, words in zip(plans, (6, 48), ("6 hours", "2 days"), strict=True):
+        plan = (await store.resources.find_one({"_id": key}) or {})["resource"]
+        mri = plan["activity"][0]["detail"]
+        assert datetime.fromisoformat(mri["scheduledPeriod"]["end"]) == DAY + timedelta(hours=hours)
+        assert f"within {words} of first contact" in plan["description"]
+
+    await store.resources.update_many(
+        {"_id": {"$in": plans}}, {"$unset": {"resource.activity.$[].detail.scheduledPeriod": ""}}
+    )
+    written = await scan_sla(store, DAY + timedelta(hours=48))
+    assert {e["id"]: e["window_hours"] for e in written if e["sla_event"] == "breached"} == {signs: 6, clear: 48}

@@ -25,10 +25,9 @@ import pytest
 from aiohttp import web
 
 from services.intake.app import create_app
-from services.intake.fhir_intake import check_update_targets, fhir_record
+from services.intake.fhir_intake import check_update_targets
 from services.intake.service import IntakeService
 from services.mapper.dispatch import make_mapper
-from services.mapper.hl7.mscc import care_plan_id
 from services.mapper.model import MappingResult
 from services.mapper.service import MapperService
 from services.mapper.worker import MapperWorker, WorkerConfig
@@ -39,12 +38,14 @@ from services.notifier.signing import SUBSCRIPTION_HEADER
 from services.notifier.subscriptions import SubscriptionService
 from services.notifier.topics import topic_url
 from services.pathway.faults import Faults
+from services.pathway.plan import care_plan_id
 from services.pathway.reports import ReportFollower
 from services.pathway.scanner import SlaScanner
 from services.pathway.sla import SlaRules, scan_sla
 from services.runner import serve
 from shared.auth import Caller
 from shared.fhir import FhirError
+from shared.fhir_messages import fhir_record
 from shared.mllp import MllpClient
 from shared.settings import Settings
 from shared.store import Document, Store

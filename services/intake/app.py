@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +17,8 @@ from shared.supervision import TaskRegistry
 
 from . import routes_fhir, routes_hl7, routes_pathway, routes_review, routes_subscriptions
 from .deps import Intake
+from .negotiation import FhirNegotiation
+from .openapi import describe as describe_openapi
 from .routes_fhir import FhirResponse, metadata, outcome_response
 from .service import IntakeService
 
@@ -32,6 +35,8 @@ def create_app(service: IntakeService, tasks: TaskRegistry | None = None) -> Fas
     )
     app.state.intake = service
     app.state.tasks = tasks or TaskRegistry()
+    # _format, _pretty, Accept (406) and HEAD for every FHIR interaction, before routing.
+    app.add_middleware(FhirNegotiation)
     app.include_router(routes_hl7.router)
     app.include_router(routes_review.router)
     app.include_router(routes_pathway.router)  # before routes_fhir's generic /fhir/{type}/... paths
@@ -45,6 +50,16 @@ def create_app(service: IntakeService, tasks: TaskRegistry | None = None) -> Fas
         summary="CapabilityStatement (also at /fhir/metadata)",
         tags=["FHIR"],
     )
+
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document with the request bodies and query parameters the FHIR routes read raw."""
+        if app.openapi_schema is None:
+            app.openapi_schema = describe_openapi(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/healthz", tags=["operations"], summary="The process is running")
     async def healthz() -> dict[str, str]:

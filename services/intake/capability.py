@@ -27,8 +27,23 @@ READ_ONLY_TYPES = (
 # Types that also take update (PUT, If-Match required; services/pathway/updates.py).
 UPDATE_TYPES = ("ServiceRequest", "Encounter", "CarePlan")
 UPDATE_DOC = (
-    "update (PUT) requires If-Match with the ETag read (428 without it, 412 when stale) and never creates; the "
-    "MSCC pathway owns the statuses it implies (docs/pathway.md)"
+    "update (PUT) is made against the version read: If-Match with its ETag or, without If-Match, the body's "
+    "meta.versionId (428 with neither, 412 when stale); it never creates; Prefer: return=minimal | "
+    "representation | OperationOutcome is honoured; the MSCC pathway owns the statuses it implies "
+    "(docs/pathway.md)"
+)
+# What every FHIR interaction of this server takes (services/intake/conventions.py, subsetting.py).
+CONVENTIONS_DOC = (
+    "Every interaction answers JSON: _format=json, application/fhir+json or application/json is accepted, "
+    "and _format=xml, or an Accept header that admits no JSON, is answered 406; _pretty=true indents the "
+    "answer. HEAD is "
+    'served for read, vread, search, history and metadata. read and vread answer ETag W/"n" and '
+    "Last-Modified, and 304 to If-None-Match (the current ETag) or If-Modified-Since. read, vread and search "
+    "take _summary (true, text, data, false; count on search) and _elements (top-level elements; mandatory "
+    "ones kept), and mark a trimmed resource with the SUBSETTED tag in meta.tag. Search: _count (0-100, 0 = "
+    "the total alone), _offset, _total and _totalMethod (the total is always exact); results page with "
+    "next/previous links. History (instance and type) is newest first, paged with _count, _offset and "
+    "next/previous links, and takes _since. An unknown parameter is a 400 OperationOutcome."
 )
 TRANSITION = {
     "name": "transition",
@@ -40,7 +55,13 @@ SUPPORTED_TYPES = ("ServiceRequest", *READ_ONLY_TYPES)
 
 
 def capability_statement(base_url: str, software_version: str) -> Resource:
-    read_only = [{"code": "read"}, {"code": "vread"}, {"code": "search-type"}, {"code": "history-instance"}]
+    read_only = [
+        {"code": "read"},
+        {"code": "vread"},
+        {"code": "search-type"},
+        {"code": "history-instance"},
+        {"code": "history-type"},
+    ]
     resources = [
         {
             "type": "ServiceRequest",
@@ -50,6 +71,7 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
             "readHistory": True,
             "updateCreate": False,
             "conditionalCreate": True,
+            "conditionalRead": "full-support",
             "searchParam": search_params("ServiceRequest"),
             "documentation": "create honours If-None-Exist: identifier=system|value (within the caller's "
             "organisation); the resource id is derived from the first business identifier, scoped by the "
@@ -65,6 +87,7 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
                 "interaction": [{"code": "update"}, *read_only] if t in UPDATE_TYPES else read_only,
                 "versioning": "versioned-update" if t in UPDATE_TYPES else "versioned",
                 "readHistory": True,
+                "conditionalRead": "full-support",
                 **({"updateCreate": False, "documentation": UPDATE_DOC} if t in UPDATE_TYPES else {}),
                 "searchParam": search_params(t),
                 **({"operation": [VALIDATE]} if t != "Questionnaire" else {}),
@@ -82,7 +105,7 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
         "software": {"name": "mscc-hub", "version": software_version},
         "implementation": {"description": "MSCC integration hub FHIR API", "url": f"{base_url}/fhir"},
         "fhirVersion": FHIR_VERSION,
-        "format": [FHIR_JSON, "json"],
+        "format": [FHIR_JSON, "application/json", "json"],
         "rest": [
             {
                 "mode": "server",
@@ -92,7 +115,7 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
                 "are carried out; any other entry (DELETE, GET, conditional, operation, other type, a code "
                 "outside its required value set) refuses a whole transaction (400, each entry named) and is "
                 "answered with its own error status in a batch. $validate and create check required "
-                "bindings. XML is not supported.",
+                f"bindings. XML is not supported. {CONVENTIONS_DOC}",
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
             }

@@ -38,6 +38,7 @@ from shared.fhir import (
     validate,
 )
 from shared.fhir import issue as fhir_issue
+from shared.fhir_messages import fhir_record
 from shared.hna import check_responses as check_hna_responses
 from shared.ids import resource_id, scoped_system
 from shared.nhs import NATIONAL_SYSTEMS, NHS_NUMBER_SYSTEM, check_nhs_numbers, is_valid_nhs_number, nhs_patient_id
@@ -83,26 +84,6 @@ def _unavailable(what: str, exc: PyMongoError) -> FhirError:
 
 async def _backoff(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
-
-
-def fhir_record(
-    record_id: str, now: datetime, body: bytes, caller: dict[str, Any] | None, peer: str | None, header: dict[str, Any]
-) -> Document:
-    """The ``messages`` document every FHIR request body starts as (its exact bytes kept)."""
-    return {
-        "_id": record_id,
-        "received_at": now,
-        "protocol": "fhir",
-        "channel": "http",
-        "peer": peer or "unknown",
-        "caller": caller,
-        "raw": body,
-        "size": len(body),
-        "text": body.decode("utf-8", errors="replace"),
-        "charset": "utf-8",
-        "header": header,
-        "attempts": 0,
-    }
 
 
 def identifier_scope(system: str, ods_code: str) -> str:

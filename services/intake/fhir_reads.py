@@ -1,14 +1,18 @@
-"""The read side of the FHIR API: search (searchset Bundles with paging) and instance history."""
+"""The read side of the FHIR API: search (searchset Bundles with paging, ``_summary``, ``_elements``) and
+instance and type history (paged, ``_since``)."""
 
 from __future__ import annotations
 
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from shared.fhir import FhirError, Resource
 from shared.store import Document, Store
 
 from .search import DEFAULT_COUNT, MAX_COUNT, parse_search
+from .subsetting import apply_subset
 
 
 def _instant(doc: Document) -> str:
@@ -18,68 +22,136 @@ def _instant(doc: Document) -> str:
     return str(when.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 
 
+# Newest first; both orders are those of an index (shared/store.py), so MongoDB never sorts in memory.
+INSTANCE_ORDER = [("version", -1)]
+TYPE_ORDER = [("last_updated", -1), ("_id", -1)]
+
+
+def _history_entry(base: str, doc: Document) -> dict[str, Any]:
+    rtype, rid, version = doc["type"], doc["id"], doc["version"]
+    return {
+        "fullUrl": f"{base}/{rtype}/{rid}",
+        "resource": doc["resource"],
+        "request": {
+            "method": "POST" if version == 1 else "PUT",
+            "url": rtype if version == 1 else f"{rtype}/{rid}",
+        },
+        "response": {
+            "status": "201 Created" if version == 1 else "200 OK",
+            "etag": f'W/"{version}"',
+            "lastModified": _instant(doc),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class HistoryRequest:
+    """``_count`` (1-100, default 20), ``_offset`` and ``_since`` of a history interaction."""
+
+    count: int = DEFAULT_COUNT
+    offset: int = 0
+    since: datetime | None = None
+    params: tuple[tuple[str, str], ...] = ()
+
+    def link(self, path: str, offset: int) -> str:
+        kept = [(k, v) for k, v in self.params if k not in ("_count", "_offset")]
+        kept += [("_count", str(self.count)), ("_offset", str(offset))]
+        return f"{path}?{urlencode(kept)}"
+
+
+def parse_history(params: list[tuple[str, str]]) -> HistoryRequest:
+    """The paging of a history request; ``FhirError`` 400 for any other parameter or a malformed value."""
+    count, offset, since = DEFAULT_COUNT, 0, None
+    for name, value in params:
+        if name == "_count":
+            if not value.isdigit() or not 1 <= int(value) <= MAX_COUNT:
+                raise FhirError(400, "invalid", f"_count must be a whole number from 1 to {MAX_COUNT}")
+            count = int(value)
+        elif name == "_offset":
+            if not value.isdigit() or int(value) > 1_000_000:
+                raise FhirError(400, "invalid", "_offset must be a whole number from 0 to 1000000")
+            offset = int(value)
+        elif name == "_since":
+            since = _since(value)
+        else:
+            raise FhirError(
+                400, "not-supported", f"history parameter {name} is not supported; use _count, _offset, _since"
+            )
+    return HistoryRequest(count, offset, since, tuple(params))
+
+
+def _since(value: str) -> datetime:
+    """``_since`` is an instant (a date alone is taken as its midnight UTC); ``FhirError`` 400 otherwise."""
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise FhirError(400, "invalid", f"_since={value!r} is not an instant such as 2026-01-05T09:30:00Z") from exc
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 class FhirReads:
     def __init__(self, store: Store, base_url: str) -> None:
         self._store = store
         self._base = base_url.rstrip("/") + "/fhir"
 
     async def search(self, resource_type: str, params: list[tuple[str, str]]) -> Resource:
-        """A searchset Bundle: ``total``, one page of matches, and self/next/previous links."""
+        """A searchset Bundle: ``total``, one page of matches (none for ``_count=0`` or
+        ``_summary=count``; trimmed by ``_summary``/``_elements``), and self/next/previous links."""
         request = parse_search(resource_type, params)
         collection = self._store.resources
         total = await collection.count_documents(request.query)
-        cursor = (
-            collection.find(request.query, {"resource": 1, "type": 1, "id": 1})
-            .sort([("last_updated", 1), ("_id", 1)])
-            .skip(request.offset)
-            .limit(request.count)
-        )
-        entries = [
-            {
-                "fullUrl": f"{self._base}/{doc['type']}/{doc['id']}",
-                "resource": doc["resource"],
-                "search": {"mode": "match"},
-            }
-            async for doc in cursor
-        ]
+        entries = []
+        if request.count > 0:
+            cursor = (
+                collection.find(request.query, {"resource": 1, "type": 1, "id": 1})
+                .sort([("last_updated", 1), ("_id", 1)])
+                .skip(request.offset)
+                .limit(request.count)
+            )
+            entries = [
+                {
+                    "fullUrl": f"{self._base}/{doc['type']}/{doc['id']}",
+                    "resource": apply_subset(doc["resource"], request.subset),
+                    "search": {"mode": "match"},
+                }
+                async for doc in cursor
+            ]
         links = [{"relation": "self", "url": request.link(self._base, request.offset)}]
-        if request.offset + request.count < total:
+        if request.count > 0 and request.offset + request.count < total:
             links.append({"relation": "next", "url": request.link(self._base, request.offset + request.count)})
-        if request.offset > 0:
+        if request.count > 0 and request.offset > 0:
             previous = max(0, request.offset - request.count)
             links.append({"relation": "previous", "url": request.link(self._base, previous)})
-        return {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
+        bundle: Resource = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links}
+        if entries:  # FHIR JSON has no empty arrays
+            bundle["entry"] = entries
+        return bundle
 
-    async def history(self, resource_type: str, resource_id: str, params: list[tuple[str, str]]) -> Resource:
-        """Every version of one resource, newest first (``_count`` bounds the page, default 20)."""
-        count = DEFAULT_COUNT
-        for name, value in params:
-            if name != "_count":
-                raise FhirError(400, "not-supported", f"history parameter {name} is not supported; use _count")
-            if not value.isdigit() or not 1 <= int(value) <= MAX_COUNT:
-                raise FhirError(400, "invalid", f"_count must be a whole number from 1 to {MAX_COUNT}")
-            count = int(value)
-        query = {"type": resource_type, "id": resource_id}
+    async def history(self, resource_type: str, resource_id: str | None, params: list[tuple[str, str]]) -> Resource:
+        """A history Bundle, newest first: every version of one resource (``resource_id``), or of every
+        resource of the type (``resource_id`` None), paged by ``_count``/``_offset`` with next/previous
+        links, from ``_since`` on. ``FhirError`` 404 for a resource that has no version."""
+        request = parse_history(params)
+        query: dict[str, Any] = {"type": resource_type}
+        path = f"{self._base}/{resource_type}"
+        if resource_id is not None:
+            query["id"] = resource_id
+            path += f"/{resource_id}"
+            if await self._store.history.find_one(query, {"_id": 1}) is None:
+                raise FhirError(404, "not-found", f"{resource_type}/{resource_id} is not known")
+        path += "/_history"
+        if request.since is not None:
+            query["last_updated"] = {"$gte": request.since}
         total = await self._store.history.count_documents(query)
-        if total == 0:
-            raise FhirError(404, "not-found", f"{resource_type}/{resource_id} is not known")
-        cursor = self._store.history.find(query).sort("version", -1).limit(count)
-        entries: list[dict[str, Any]] = []
-        async for doc in cursor:
-            version = doc["version"]
-            entries.append(
-                {
-                    "fullUrl": f"{self._base}/{resource_type}/{resource_id}",
-                    "resource": doc["resource"],
-                    "request": {
-                        "method": "POST" if version == 1 else "PUT",
-                        "url": resource_type if version == 1 else f"{resource_type}/{resource_id}",
-                    },
-                    "response": {
-                        "status": "201 Created" if version == 1 else "200 OK",
-                        "etag": f'W/"{version}"',
-                        "lastModified": _instant(doc),
-                    },
-                }
-            )
-        return {"resourceType": "Bundle", "type": "history", "total": total, "entry": entries}
+        order = INSTANCE_ORDER if resource_id is not None else TYPE_ORDER
+        cursor = self._store.history.find(query).sort(order).skip(request.offset).limit(request.count)
+        entries = [_history_entry(self._base, doc) async for doc in cursor]
+        links = [{"relation": "self", "url": request.link(path, request.offset)}]
+        if request.offset + request.count < total:
+            links.append({"relation": "next", "url": request.link(path, request.offset + request.count)})
+        if request.offset > 0:
+            links.append({"relation": "previous", "url": request.link(path, max(0, request.offset - request.count))})
+        bundle: Resource = {"resourceType": "Bundle", "type": "history", "total": total, "link": links}
+        if entries:
+            bundle["entry"] = entries
+        return bundle

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from shared.auth import Caller
 from shared.fhir import FHIR_JSON, FhirError, Resource, check_content_type, issue, operation_outcome, parse_json
 from shared.fhir import validate as validate_resource
 
 from .capability import SUPPORTED_TYPES, capability_statement
+from .conventions import not_modified, prefer_return, version_of_etag
 from .deps import CallerDep, Intake, Peer, read_body
 from .fhir_intake import FhirReply
 from .service import IntakeService
+from .subsetting import apply_subset, parse_subset
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
 
@@ -28,6 +31,15 @@ class FhirResponse(JSONResponse):
 
 def respond(reply: FhirReply) -> FhirResponse:
     return FhirResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+
+def respond_as_preferred(reply: FhirReply, prefer: str | None) -> Response:
+    """A create or update answer as ``Prefer: return=`` asks: ``minimal``, the status and headers with no
+    body; otherwise the body built (the resource, or the OperationOutcome ``return=OperationOutcome``
+    asks for)."""
+    if prefer_return(prefer) == "minimal":
+        return Response(status_code=reply.status, headers=reply.headers)
+    return respond(reply)
 
 
 def _known_type(resource_type: str) -> None:
@@ -53,7 +65,8 @@ async def create_service_request(
     caller: CallerDep,
     peer: Peer,
     if_none_exist: Annotated[str | None, Header()] = None,
-) -> FhirResponse:
+    prefer: Annotated[str | None, Header(description="return=minimal | representation | OperationOutcome")] = None,
+) -> Response:
     header = {"interaction": "create", "resource_type": "ServiceRequest"}
     body = await _read_body(request, intake, header, caller, peer)
     reply = await intake.fhir.create(
@@ -63,9 +76,9 @@ async def create_service_request(
         if_none_exist,
         caller,
         peer,
-        prefer=request.headers.get("prefer"),
+        prefer=prefer,
     )
-    return respond(reply)
+    return respond_as_preferred(reply, prefer)
 
 
 @router.post("", summary="Post a transaction, batch or message Bundle", response_class=FhirResponse)
@@ -114,25 +127,58 @@ async def search_post(resource_type: str, request: Request, intake: Intake) -> F
     return FhirResponse(await intake.reads.search(resource_type, params))
 
 
+@router.get("/{resource_type}/_history", summary="History of every resource of a type", response_class=FhirResponse)
+async def type_history(resource_type: str, request: Request, intake: Intake) -> FhirResponse:
+    """Newest first, paged (``_count``, ``_offset``, next/previous links), from ``_since`` on."""
+    _known_type(resource_type)
+    params = list(request.query_params.multi_items())
+    return FhirResponse(await intake.reads.history(resource_type, None, params))
+
+
 @router.get("/{resource_type}/{resource_id}/_history", summary="History of a resource", response_class=FhirResponse)
 async def history(resource_type: str, resource_id: str, request: Request, intake: Intake) -> FhirResponse:
+    """Newest first, paged (``_count``, ``_offset``, next/previous links), from ``_since`` on."""
     _known_type(resource_type)
     params = list(request.query_params.multi_items())
     return FhirResponse(await intake.reads.history(resource_type, resource_id, params))
 
 
 @router.get("/{resource_type}/{resource_id}", summary="Read a resource", response_class=FhirResponse)
-async def read(resource_type: str, resource_id: str, intake: Intake) -> FhirResponse:
+async def read(resource_type: str, resource_id: str, request: Request, intake: Intake) -> Response:
+    """200 with ETag and Last-Modified; 304 when If-None-Match / If-Modified-Since say the client's copy
+    is current; ``_summary`` / ``_elements`` trim the answer (tagged SUBSETTED)."""
     _known_type(resource_type)
-    return respond(await intake.fhir.read(resource_type, resource_id))
+    return conditional(request, await intake.fhir.read(resource_type, resource_id))
 
 
 @router.get(
     "/{resource_type}/{resource_id}/_history/{version}", summary="Read one version", response_class=FhirResponse
 )
-async def vread(resource_type: str, resource_id: str, version: str, intake: Intake) -> FhirResponse:
+async def vread(resource_type: str, resource_id: str, version: str, request: Request, intake: Intake) -> Response:
+    """As read, for one version."""
     _known_type(resource_type)
-    return respond(await intake.fhir.read(resource_type, resource_id, version))
+    return conditional(request, await intake.fhir.read(resource_type, resource_id, version))
+
+
+def conditional(request: Request, reply: FhirReply) -> Response:
+    """The answer to a read: 304 (no body, the validators repeated) when the client's copy is current,
+    else the resource trimmed by ``_summary`` / ``_elements``. ``FhirError`` 400 for another query
+    parameter (a read takes only those and ``_format`` / ``_pretty``) or ``_summary=count``."""
+    params = list(request.query_params.multi_items())
+    unknown = sorted({name for name, _ in params if name not in ("_summary", "_elements")})
+    if unknown:
+        raise FhirError(
+            400, "not-supported", f"read takes _summary, _elements, _format, _pretty; not {', '.join(unknown)}"
+        )
+    subset = parse_subset(params)
+    if subset.count_only:
+        raise FhirError(400, "invalid", "_summary=count applies to search, not read")
+    version = int(version_of_etag(reply.headers["ETag"]))
+    changed = parsedate_to_datetime(reply.headers["Last-Modified"])
+    if not_modified(version, changed, request.headers.get("if-none-match"), request.headers.get("if-modified-since")):
+        kept = {k: v for k, v in reply.headers.items() if k in ("ETag", "Last-Modified")}
+        return Response(status_code=304, headers=kept)
+    return FhirResponse(apply_subset(reply.body, subset), status_code=reply.status, headers=reply.headers)
 
 
 def _resource_parameter(parameters: Resource) -> Resource:

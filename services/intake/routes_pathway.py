@@ -13,14 +13,16 @@ from datetime import UTC
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response
 
 from shared.auth import Caller
-from shared.fhir import FhirError, check_content_type, parse_json, validate
+from shared.fhir import FhirError, check_content_type, issue, operation_outcome, parse_json, validate
 from shared.nhs import check_nhs_numbers
 from shared.store import Document
 
 from ..pathway.service import parse_transition
-from ..pathway.updates import UPDATABLE, parse_if_match
+from ..pathway.updates import UPDATABLE, expected_version, parse_if_match
+from .conventions import prefer_return
 from .deps import CallerDep, Intake, Peer, read_body
 from .routes_fhir import FhirResponse, outcome_response
 from .service import IntakeService
@@ -83,9 +85,13 @@ async def _update(
     caller: Caller,
     peer: str,
     if_match: str | None,
-) -> FhirResponse:
-    """A new version of a ServiceRequest, Encounter or CarePlan. Refusals: 400, 405 (an id that does
-    not exist: update never creates), 409, 412, 422, 428 (no If-Match)."""
+    prefer: str | None = None,
+) -> Response:
+    """A new version of a ServiceRequest, Encounter or CarePlan, made against the version ``If-Match``
+    names or, without it, the body's ``meta.versionId``. Refusals: 400, 405 (an id that does not exist:
+    update never creates), 409, 412 (stale), 422, 428 (neither If-Match nor meta.versionId). ``Prefer:
+    return=minimal`` answers no body, ``return=OperationOutcome`` what was done (and any NHS number
+    warning)."""
     if await intake.store.resources.find_one({"_id": f"{resource_type}/{resource_id}"}, {"_id": 1}) is None:
         # FHIR: 405 when the resource did not exist and the server does not take client-defined ids.
         error = FhirError(405, "not-supported", f"{resource_type}/{resource_id} does not exist: update never creates")
@@ -93,18 +99,32 @@ async def _update(
     body = await _body(request, intake)
     header = {"interaction": "update", "resource_type": resource_type, "id": resource_id}
     try:
-        expected = parse_if_match(if_match)
-        resource = validate(parse_json(body), resource_type, bindings=True)
+        data = parse_json(body)
+        expected = expected_version(if_match, data)
+        resource = validate(data, resource_type, bindings=True)
         # As on create: an NHS number failing the check is never stored as one (the answer shows it demoted).
-        resource, _ = check_nhs_numbers(resource)
+        resource, invalid = check_nhs_numbers(resource)
         result = await intake.pathway.update(resource, resource_type, resource_id, expected, body, caller, peer)
     except FhirError as error:
         await intake.fhir.keep_rejected(body, error, caller, peer, header)
         raise
-    return _resource_response(result.current, intake.settings.base_url)
+    answer = _resource_response(result.current, intake.settings.base_url)
+    choice = prefer_return(prefer)
+    if choice == "minimal":
+        return Response(status_code=200, headers=_validators(answer))
+    if choice == "OperationOutcome":
+        done = f"updated to version {result.current['version']}" if result.changed else "unchanged: same content"
+        what = issue("information", "informational", f"{resource_type}/{resource_id} {done}")
+        outcome = operation_outcome([*(finding.issue() for finding in invalid), what])
+        return FhirResponse(outcome, status_code=200, headers=_validators(answer))
+    return answer
 
 
-def _update_route(resource_type: str) -> Callable[..., Awaitable[FhirResponse]]:
+def _validators(answer: Response) -> dict[str, str]:
+    return {k: answer.headers[k] for k in ("ETag", "Last-Modified", "Content-Location")}
+
+
+def _update_route(resource_type: str) -> Callable[..., Awaitable[Response]]:
     async def update(
         resource_id: str,
         request: Request,
@@ -112,8 +132,9 @@ def _update_route(resource_type: str) -> Callable[..., Awaitable[FhirResponse]]:
         caller: CallerDep,
         peer: Peer,
         if_match: Annotated[str | None, Header()] = None,
-    ) -> FhirResponse:
-        return await _update(resource_type, resource_id, request, intake, caller, peer, if_match)
+        prefer: Annotated[str | None, Header(description="return=minimal | representation | OperationOutcome")] = None,
+    ) -> Response:
+        return await _update(resource_type, resource_id, request, intake, caller, peer, if_match, prefer)
 
     return update
 
@@ -124,7 +145,7 @@ for _type in UPDATABLE:
         f"/{_type}/{{resource_id}}",
         _update_route(_type),
         methods=["PUT"],
-        summary=f"Update a {_type} (If-Match required)",
+        summary=f"Update a {_type} (If-Match, or the body's meta.versionId, required)",
         response_class=FhirResponse,
         operation_id=f"update_{_type}",
     )

@@ -2,7 +2,9 @@
 
 Supported (anything else is refused with an OperationOutcome, never silently ignored):
 
-    all types       _id, _lastUpdated (eq, gt, ge, lt, le), _count (1-100, default 20), _offset (paging)
+    all types       _id, _lastUpdated (eq, gt, ge, lt, le), _count (0-100, default 20; 0 = the total
+                    alone), _offset (paging); _summary and _elements (services/intake/subsetting.py);
+                    _total / _totalMethod (the total is always exact); _format, _pretty
     Patient         identifier (system|value or value), name (prefix of family or given, any case),
                     family, given, birthdate (eq, gt, ge, lt, le on YYYY[-MM[-DD]])
     ServiceRequest, Encounter, CarePlan, QuestionnaireResponse
@@ -22,12 +24,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from shared.fhir import FhirError
+
+from .conventions import FORMAT_PARAMS, TOTAL_PARAMS, check_format, check_total
+from .subsetting import Subset, parse_subset
 
 Query = dict[str, Any]
 DEFAULT_COUNT = 20
@@ -266,7 +271,10 @@ def search_params(resource_type: str) -> list[dict[str, str]]:
     return [{"name": n, "type": PARAM_TYPES[n]} for n in names]
 
 
-CONTROL = ("_count", "_offset")
+PAGING = ("_count", "_offset")
+# Parameters that shape the answer rather than select resources (refused in a subscription's filter).
+RESULT = ("_summary", "_elements", "_total", "_totalMethod", "_format", "_pretty")
+CONTROL = (*PAGING, *RESULT)
 
 
 @dataclass(frozen=True)
@@ -276,9 +284,10 @@ class SearchRequest:
     count: int
     offset: int
     params: list[tuple[str, str]]
+    subset: Subset = field(default_factory=Subset)
 
     def link(self, base: str, offset: int) -> str:
-        kept = [(k, v) for k, v in self.params if k not in CONTROL]
+        kept = [(k, v) for k, v in self.params if k not in PAGING and k not in FORMAT_PARAMS]
         kept += [("_count", str(self.count)), ("_offset", str(offset))]
         return f"{base}/{self.resource_type}?{urlencode(kept)}"
 
@@ -299,11 +308,19 @@ def parse_search(resource_type: str, params: list[tuple[str, str]]) -> SearchReq
     clauses: list[Query] = [{"type": resource_type}]
     count, offset = DEFAULT_COUNT, 0
     unknown = []
+    subset = parse_subset(params)
     for name, value in params:
         if name == "_count":
-            count = _int_param(name, value, 1, MAX_COUNT)
+            # _count=0 asks for the total alone (as _summary=count does).
+            count = _int_param(name, value, 0, MAX_COUNT)
         elif name == "_offset":
             offset = _int_param(name, value, 0, 1_000_000)
+        elif name in TOTAL_PARAMS:
+            check_total(name, value)
+        elif name == "_format":
+            check_format(value)  # a form POSTed to _search may carry it
+        elif name in ("_summary", "_elements", "_pretty"):
+            pass  # parse_subset checked them; _pretty changes nothing in a JSON answer
         elif name in supported:
             if value == "":
                 raise FhirError(400, "invalid", f"search parameter {name} has no value")
@@ -315,6 +332,8 @@ def parse_search(resource_type: str, params: list[tuple[str, str]]) -> SearchReq
             400,
             "not-supported",
             f"search parameter(s) {', '.join(sorted(set(unknown)))} not supported for {resource_type}; "
-            f"supported: {', '.join(sorted(supported))}, _count, _offset",
+            f"supported: {', '.join(sorted(supported))}, {', '.join(CONTROL)}",
         )
-    return SearchRequest(resource_type, {"$and": clauses}, count, offset, params)
+    if subset.count_only:
+        count = 0
+    return SearchRequest(resource_type, {"$and": clauses}, count, offset, params, subset)

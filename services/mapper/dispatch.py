@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from services.pathway.derive import derive
 from shared.store import Document
 
 from .fhir_records import map_bundle, map_created
 from .hl7 import map_hl7v2
 from .hl7.config import MappingConfig
 from .model import MappingError, MappingResult
-from .pathway import derive
 
 
 def make_mapper(hl7_config: MappingConfig | None = None) -> Callable[[Document], MappingResult]:

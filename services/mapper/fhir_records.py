@@ -20,12 +20,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from services.pathway.data_quality import requester_organisation
+from services.pathway.hna import plan_issues
 from shared.nhs import NHS_NUMBER_SYSTEM, check_nhs_numbers, is_valid_nhs_number, nhs_patient_id
 from shared.store import Document
 from shared.stored_types import STORED_TYPES
 
-from .hna import plan_issues
-from .model import MappingError, MappingResult, Patch, Resource, issue
+from .model import MappingError, MappingResult, OutcomeIssue, Patch, Resource, issue
 
 UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-"
 # Envelope resources of a message Bundle: consumed by the messaging layer, not stored as resources.
@@ -130,6 +131,24 @@ def normalise(resource: Resource, result: MappingResult, where: str | None = Non
     return with_profile(linked), patches
 
 
+def referral_issues(resource: Resource, where: str | None = None) -> list[OutcomeIssue]:
+    """A referral that names no referring organisation by ODS code (the requester itself, or a contained
+    PractitionerRole's or Organization's) is flagged, as HL7v2 referrals are: subscriptions are filtered
+    on the requester organisation, so until one is supplied no trust is told anything about it."""
+    if resource.get("resourceType") != "ServiceRequest" or requester_organisation(resource):
+        return []
+    return [
+        issue(
+            "warning",
+            "required",
+            "the referral names no referring organisation by ODS code (requester, or the organisation of a "
+            "contained PractitionerRole or Organization): no trust can be notified about it until one is "
+            "supplied",
+            f"{where or 'ServiceRequest'}.requester",
+        )
+    ]
+
+
 def map_created(record: Document, derive: Derive) -> MappingResult:
     """A resource created through the FHIR API: normalised (UK Core profile, NHS numbers checked, the
     patient linked) plus what it implies."""
@@ -140,6 +159,7 @@ def map_created(record: Document, derive: Derive) -> MappingResult:
     resource, patient_patches = normalise({**data, "id": rid}, result)
     implied, patches = derive(resource, received)
     result.issues += plan_issues(resource)  # an HNA without its support plan says why
+    result.issues += referral_issues(resource)
     result.resources += [resource, *implied]
     result.patches += [*patient_patches, *patches]
     return result
@@ -178,6 +198,7 @@ def map_bundle(record: Document, derive: Derive) -> MappingResult:
         mapped, patient_patches = normalise(rewritten, result, f"{where}.resource")
         implied, patches = derive(mapped, record.get("received_at"))
         result.issues += plan_issues(mapped)  # an HNA without its support plan says why
+        result.issues += referral_issues(mapped, f"{where}.resource")
         result.resources += [mapped, *implied]
         result.patches += [*patient_patches, *patches]
     if not result.resources:

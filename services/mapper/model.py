@@ -9,20 +9,14 @@ result into versions, history and outbox events. Errors:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-Resource = dict[str, Any]
-OutcomeIssue = dict[str, Any]  # an OperationOutcome.issue: severity, code, diagnostics, expression
-
-
-def issue(severity: str, code: str, diagnostics: str, expression: str | None = None) -> OutcomeIssue:
-    item: OutcomeIssue = {"severity": severity, "code": code, "diagnostics": diagnostics}
-    if expression:
-        item["expression"] = [expression]
-    return item
+# Defined in shared/ (the pathway builds them too); re-exported: the mapper's names for them.
+from shared.patches import OutcomeIssue as OutcomeIssue
+from shared.patches import Patch as Patch
+from shared.patches import Resource as Resource
+from shared.patches import issue as issue
 
 
 class MappingError(Exception):
@@ -42,21 +36,6 @@ class MappingError(Exception):
 
 class TransientError(Exception):
     """A failure that a later attempt may not meet (the database, a timeout)."""
-
-
-@dataclass(frozen=True)
-class Patch:
-    """A change to a resource that the message does not fully describe (e.g. the patient merged away by
-    ADT^A40): ``apply`` gets the current content (or None) and returns the new content."""
-
-    resource_type: str
-    resource_id: str
-    apply: Callable[[Resource | None], Resource]
-    reason: str
-    # False for a patch that only creates what is missing (a Patient named by NHS number in a FHIR
-    # referral): it does not stamp the message's time on the resource, so a fuller message dated
-    # earlier (an ADT queued at the trust) is still applied rather than reported as stale.
-    ordered: bool = True
 
 
 @dataclass

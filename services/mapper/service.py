@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pymongo.errors import DuplicateKeyError
 
+from services.pathway.hna import questionnaire
 from shared.fhir import validate
 from shared.resources import content_of, stamp, version_documents
 from shared.store import Store
@@ -18,7 +19,6 @@ from shared.supervision import Heartbeat
 
 from .dispatch import make_mapper
 from .hl7.config import MappingConfig
-from .hna import questionnaire
 from .model import Resource
 from .worker import MapperWorker, WorkerConfig, WorkerStats
 

@@ -16,8 +16,10 @@ Rules:
   across trusts, local numbers within their trust), so a sparser message (an ORU with the hospital
   number only) updates the same Patient; references to it in the message's other resources follow;
 - a message whose demographics conflict with the matched patient is held: status ``needs-review``, an
-  OperationOutcome naming the conflict, nothing from it written; an operator applies it (the record's
-  ``review.decision`` is then "apply" and the conflict check is skipped) or rejects it;
+  OperationOutcome naming the conflict, nothing from it written but the MSCC team's "Review patient
+  match" Task (``shared/review_task.py``, with its history and outbox event, in the same transaction);
+  an operator applies it (the record's ``review.decision`` is then "apply" and the conflict check is
+  skipped) or rejects it;
 - Patient updates merge: identifiers are unioned, and what a message leaves out (telecom, address, GP,
   ...) is kept (``matching.merge_patient``); Patient.link entries (merges) are kept;
 - a referral's pathway step and its history (set by transitions) are kept when a later referral
@@ -31,7 +33,7 @@ import dataclasses
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,14 +41,16 @@ from typing import Any
 from pymongo import InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from services.pathway.record import keep_pathway
+from services.pathway.table import service_ods
 from shared.fhir import business_identifiers, validate
 from shared.ids import identifier_key
 from shared.nhs import NHS_NUMBER_SYSTEM
 from shared.resources import content_of, stamp
 from shared.review import NEEDS_REVIEW
+from shared.review_task import review_task, review_task_id
 from shared.store import DURABLE, Document, Store
 
-from ..pathway.record import keep_pathway
 from .matching import Candidates, matching_identifiers, merge_patient, replaced_by, resolve
 from .model import MappingResult, OutcomeIssue, Patch, Resource, TransientError, issue
 
@@ -132,7 +136,23 @@ def _retarget_patch(patch: Patch, aliases: dict[str, str]) -> Patch:
     def apply(current: Resource | None) -> Resource:
         return dict(_retarget(patch.apply(current), aliases))
 
-    return dataclasses.replace(patch, resource_id=target, apply=apply)
+    def apply_with(current: Resource | None, context: Mapping[str, Resource]) -> Resource:
+        assert patch.apply_with is not None
+        return dict(_retarget(patch.apply_with(current, context), aliases))
+
+    return dataclasses.replace(
+        patch, resource_id=target, apply=apply, apply_with=apply_with if patch.apply_with else None
+    )
+
+
+def _run_patch(batch: _Batch, patch: Patch) -> Resource:
+    """The patched content: from the current version, and the resources the patch reads, if any."""
+    existing = batch.current.get(_key(patch.resource_type, patch.resource_id))
+    current = existing["resource"] if existing else None
+    if patch.apply_with is None:
+        return patch.apply(current)
+    context = {k: batch.current[k]["resource"] for k in patch.reads if k in batch.current}
+    return patch.apply_with(current, context)
 
 
 class ResourceWriter:
@@ -165,6 +185,9 @@ class ResourceWriter:
     async def _commit_once(self, mapped: list[tuple[Document, MappingResult]], owner: str) -> dict[str, list[Written]]:
         keys = {_key(r["resourceType"], r["id"]) for _, res in mapped for r in res.resources}
         keys |= {_key(p.resource_type, p.resource_id) for _, res in mapped for p in res.patches}
+        keys |= {k for _, res in mapped for p in res.patches for k in p.reads}
+        # A message held again (reprocessed) finds the review Task of its earlier hold.
+        keys |= {f"Task/{review_task_id(message['_id'])}" for message, _ in mapped}
         current = {d["_id"]: d async for d in self._store.resources.find({"_id": {"$in": sorted(keys)}})}
         # Patients are also found by identifier: a message naming the patient by hospital number only
         # must reach the Patient stored under its NHS number.
@@ -208,13 +231,16 @@ class ResourceWriter:
                 "message held for review: its patient conflicts with the stored one",
                 extra={"record": message_id, "fields": sorted({str(i.get("expression")) for i in conflicts})},
             )
+            # The hold must not be silent: the MSCC team gets a Task (and its notification) at once.
+            diagnostics = [str(i.get("diagnostics")) for i in conflicts]
+            task = review_task(message_id, message.get("header") or {}, diagnostics, service_ods(), batch.now)
+            self._apply(batch, task, message, None)
             return []
         resources = [_retarget(r, aliases) for r in result.resources] if aliases else result.resources
         patches = [_retarget_patch(p, aliases) for p in result.patches] if aliases else result.patches
         out = [self._apply(batch, r, message, source_time) for r in resources]
         for patch in patches:
-            existing = batch.current.get(_key(patch.resource_type, patch.resource_id))
-            patched = patch.apply(existing["resource"] if existing else None)
+            patched = _run_patch(batch, patch)
             out.append(self._apply(batch, patched, message, source_time if patch.ordered else None))
         return out
 
@@ -428,7 +454,13 @@ def _outcome(message: Document, mapping: MappingResult, written: list[Written], 
         "issues": issues,
         "outcome": {"resourceType": "OperationOutcome", "issue": [held, *conflicts]},
     }
-    update = {"status": NEEDS_REVIEW, "processing": processing, "review.status": "pending", "review.held_at": batch.now}
+    update = {
+        "status": NEEDS_REVIEW,
+        "processing": processing,
+        "review.status": "pending",
+        "review.held_at": batch.now,
+        "review.task": f"Task/{review_task_id(message['_id'])}",
+    }
     return UpdateOne({"_id": message["_id"]}, {"$set": update})
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl
 
 from shared.store import Document
+
+if TYPE_CHECKING:
+    from .channels.base import ChannelConfig
 
 PayloadContent = Literal["empty", "id-only", "full-resource"]
 Status = Literal["requested", "active", "error", "off"]
@@ -100,13 +103,16 @@ class Mllp:
         }
 
 
-Channel = RestHook | Mllp
+Channel = RestHook | Mllp  # the hub's own channels; any registered channel's settings are a ChannelConfig
 
 
-def channel_from_doc(doc: Document) -> Channel:
-    if doc["kind"] == "mllp":
-        return Mllp(doc["host"], int(doc["port"]), doc["receiving_application"], doc["receiving_facility"])
-    return RestHook(doc["endpoint"], tuple((str(n), str(v)) for n, v in doc["headers"]), doc["content"])
+def channel_from_doc(doc: Document) -> ChannelConfig:
+    """A stored channel as its registered channel reads it; ``KeyError`` when no channel is registered
+    for its ``kind`` (or the document lacks what that channel stores)."""
+    # Imported here: the channels are built on this module's types.
+    from .channels.registry import config_from_doc
+
+    return config_from_doc(doc)
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ class SubscriptionSpec:
 
     topic: str
     filters: tuple[Filter, ...]
-    channel: Channel
+    channel: ChannelConfig
     trust: str  # the ODS code of the requester filter: whose referrals these are
     reason: str
     timeout_s: float | None = None

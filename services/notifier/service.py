@@ -40,12 +40,15 @@ class NotifierStats:
     events: int = 0
     deliveries: int = 0
     delivery: DeliveryStats | None = None
+    fanout_failed: int = 0
+    fanout_dead: int = 0
 
     def summary(self) -> str:
         d = self.delivery or DeliveryStats()
         return (
             f"events {self.events}, deliveries queued {self.deliveries}, delivered {d.delivered}, "
-            f"retrying {d.retried}, dead-lettered {d.dead}, handshakes {d.handshakes}"
+            f"retrying {d.retried}, dead-lettered {d.dead}, handshakes {d.handshakes}, "
+            f"events the fan-out failed on {self.fanout_failed} (dead-lettered {self.fanout_dead})"
         )
 
 
@@ -66,13 +69,21 @@ class NotifierService:
         self.settings = settings
         self.clock = clock or (lambda: datetime.now(UTC))
         self.idle_poll_s = idle_poll_s
-        self.fanout = FanOut(store, self.clock, fanout_batch)
+        self.fanout = FanOut(
+            store,
+            self.clock,
+            fanout_batch,
+            max_attempts=settings.notifier_fanout_max_attempts,
+            retry_s=settings.notifier_fanout_retry_s,
+        )
         config = DeliveryConfig.from_settings(settings, idle_poll_s=idle_poll_s, **delivery)
         self.delivery = DeliveryWorker(store, session, RetryPolicy.from_settings(settings, rng), config, self.clock)
 
     @property
     def stats(self) -> NotifierStats:
-        return NotifierStats(self.fanout.dispatched, self.fanout.created, self.delivery.stats)
+        return NotifierStats(
+            self.fanout.dispatched, self.fanout.created, self.delivery.stats, self.fanout.failed, self.fanout.dead
+        )
 
     async def prepare(self) -> None:
         """Delivered notifications are kept ``MSCC_NOTIFIER_RETENTION_DAYS`` (for ``$events``), then removed
@@ -149,7 +160,8 @@ class NotifierService:
             try:
                 done = await self.fanout.run_once()
                 heartbeat.beat()
-            except Exception as exc:  # the database, or a bug: say so, pause, and try again (nothing is half done)
+            except Exception as exc:  # the database, or a bug: say so, pause, and try again (nothing is half done).
+                # One event the fan-out fails on does not come here: it is recorded on its outbox event.
                 log.exception("notifier fan-out failed; pausing before the next batch")
                 heartbeat.failed(exc)
                 done = 0

@@ -18,7 +18,6 @@ response. It is never returned again; an update may replace it.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +29,13 @@ from shared.fhir import FhirError, Resource
 from shared.settings import Settings
 from shared.store import Document, Store
 
-from .endpoints import EndpointPolicy, EndpointRefused, Resolve, check_mllp, check_rest_hook, system_resolve
-from .model import DELIVERING, Channel, Delivery, Mllp, PayloadContent, RestHook, Status, SubscriptionSpec, instant
+from . import channels
+from .channels import Channel
+from .channels.subscription import check_endpoint, parse_subscription
+from .endpoints import EndpointPolicy, Resolve, system_resolve
+from .model import DELIVERING, Delivery, PayloadContent, Status, SubscriptionSpec, instant
 from .notification import StatusView, notification_bundle, status_bundle, status_parameters
-from .resource import parse, render
+from .resource import render
 from .signing import new_secret
 
 MAX_EVENTS = 100  # events one $events answer carries at most
@@ -65,6 +67,15 @@ def _number(name: str, value: str | None) -> int | None:
     if not value.isdigit():
         raise FhirError(400, "invalid", f"{name}={value!r} is not a whole number")
     return int(value)
+
+
+def _default_content(stored: Document) -> PayloadContent:
+    """What ``$events`` shows by default: the channel's choice ("id-only" if it is no longer registered)."""
+    if stored["kind"] not in channels.codes():
+        return "id-only"
+    kind = channels.channel(stored["kind"])
+    content: PayloadContent = kind.content(kind.from_doc(stored))
+    return content
 
 
 class SubscriptionService:
@@ -102,29 +113,21 @@ class SubscriptionService:
             raise FhirError(404, "not-found", f"Subscription/{subscription_id} is not known")
         return doc
 
-    async def _checked(self, spec: SubscriptionSpec) -> Channel:
-        channel = spec.channel
-        try:
-            if isinstance(channel, RestHook):
-                await check_rest_hook(channel.endpoint, self._policy, self._resolve)
-                return channel
-            endpoint = str(spec.resource.get("channel", {}).get("endpoint", ""))
-            host, port = await check_mllp(endpoint, self._policy, self._resolve)
-        except EndpointRefused as exc:
-            raise FhirError(400, "value", str(exc), expression=["Subscription.channel.endpoint"]) from exc
-        return dataclasses.replace(channel, host=host, port=port)
+    async def _checked(self, data: Resource, caller: Caller) -> tuple[SubscriptionSpec, Channel[Any]]:
+        """The subscription asked for, the caller's to manage, its channel read and its endpoint checked by
+        the channel's module; ``FhirError`` 400 (an unknown channel type is not-supported) or 403."""
+        spec, kind = parse_subscription(data, self._base)
+        self._authorise(caller, spec.trust)
+        return await check_endpoint(spec, kind, self._policy, self._resolve), kind
 
     # -- CRUD -------------------------------------------------------------------------------------
 
     async def create(self, data: Resource, caller: Caller) -> Written:
         """Store a new subscription; ``FhirError`` 400 (invalid, endpoint refused) or 403 (another trust)."""
-        spec = parse(data, self._base)
-        self._authorise(caller, spec.trust)
-        channel = await self._checked(spec)
+        spec, kind = await self._checked(data, caller)
+        channel = spec.channel
         now = self._clock()
-        status: Status = (
-            "off" if spec.requested_status == "off" else "active" if isinstance(channel, Mllp) else "requested"
-        )
+        status: Status = "off" if spec.requested_status == "off" else "requested" if kind.handshake_first else "active"
         secret = spec.secret or new_secret()
         doc: Document = {
             "_id": str(uuid.uuid4()),
@@ -163,12 +166,11 @@ class SubscriptionService:
                 f"the body's id {data.get('id')!r} is not {subscription_id}",
                 expression=["Subscription.id"],
             )
-        spec = parse(data, self._base)
-        self._authorise(caller, spec.trust)
-        channel = await self._checked(spec)
+        spec, kind = await self._checked(data, caller)
+        channel = spec.channel
         now = self._clock()
         moved = channel.to_doc() != current["channel"]
-        status = self._next_status(current["status"], spec.requested_status, channel, moved)
+        status = self._next_status(current["status"], spec.requested_status, kind, moved)
         version = int(current["version"]) + 1
         fields: Document = {
             **spec.to_doc(),
@@ -196,14 +198,14 @@ class SubscriptionService:
         return Written(render(doc), version)
 
     @staticmethod
-    def _next_status(current: str, requested: str, channel: Channel, moved: bool) -> Status:
+    def _next_status(current: str, requested: str, channel: Channel[Any], moved: bool) -> Status:
         if requested == "off":
             return "off"
         if current == "error":
             return "error"  # left only by $redeliver or $skip, once the cause is dealt with
         if current == "active" and not moved:
             return "active"
-        return "active" if isinstance(channel, Mllp) else "requested"
+        return "requested" if channel.handshake_first else "active"
 
     async def delete(self, subscription_id: str, caller: Caller) -> None:
         """Delete the subscription and its queue (delivered, pending and dead-lettered events)."""
@@ -306,8 +308,7 @@ class SubscriptionService:
             raise FhirError(400, "invalid", "eventsUntilNumber is before eventsSinceNumber")
         last = min(asked or total, total)
         last = min(last, first + MAX_EVENTS - 1)
-        channel = doc["channel"]
-        default: PayloadContent = channel.get("content", "id-only") if channel["kind"] == "rest-hook" else "id-only"
+        default = _default_content(doc["channel"])
         if content not in (None, "", "empty", "id-only", "full-resource"):
             raise FhirError(400, "invalid", f"content={content!r} is not empty, id-only or full-resource")
         chosen: PayloadContent = content or default  # type: ignore[assignment]
@@ -356,7 +357,10 @@ class SubscriptionService:
         )
         status: str = doc["status"]
         if status == "error" and not still_dead:
-            never_active = not doc.get("activated_at") and doc["channel"]["kind"] == "rest-hook"
+            kind = doc["channel"]["kind"]
+            # A channel no longer registered: resumed as active, and its lane sets it aside again, saying why.
+            handshake = kind in channels.codes() and channels.channel(kind).handshake_first
+            never_active = not doc.get("activated_at") and handshake
             status = "requested" if never_active else "active"
             sub_update: dict[str, Any] = {
                 "$set": {"status": status, "due_at": now},

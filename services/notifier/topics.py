@@ -12,6 +12,10 @@ described in docs/notifications.md. Nothing is served at that URL.
     sla              every "sla" event (out-of-hours, at-risk, breached)
     data-quality     a referral's data-quality Task is created with something missing, or what it lists
                      as missing, or its status, changes (completed when the referral has it all)
+    patient-review   a message is held because its patient conflicts with the stored one: its "Review
+                     patient match" Task is created, or its status changes (applied: completed,
+                     rejected). The Task is owned and requested by the hub's own organisation, so only
+                     the MSCC team's subscription (``Task?owner=Organization/<hub>``) matches it
 
 An update that changes nothing a topic is about (a profile added, a note edited) notifies no one: the
 previous version of the focus is compared with the event's version.
@@ -24,6 +28,7 @@ from typing import Any
 
 from shared.fhir import Resource
 from shared.hna import is_support_plan
+from shared.review_task import is_review_task
 
 from .backport import hub_url
 from .model import ChangeEvent
@@ -73,6 +78,14 @@ TOPICS: dict[str, Topic] = {
             "changes, or it is completed.",
             ("Task", "ServiceRequest"),
         ),
+        Topic(
+            "patient-review",
+            "MSCC patient match review",
+            "A message is held because its patient conflicts with the stored patient (nothing from it is on "
+            "the pathway): its 'Review patient match' Task is created, applied (completed) or rejected. "
+            "For the MSCC team only: filter on Task?owner=Organization/<the hub's ODS code>.",
+            ("Task",),
+        ),
     )
 }
 
@@ -110,8 +123,9 @@ def _missing(task: Resource) -> tuple[Any, tuple[str, ...]]:
 
 
 def _data_quality(event: ChangeEvent, current: Resource | None, previous: Resource | None) -> bool:
-    # The hub's only Tasks are referrals' data-quality Tasks (services/mapper/data_quality.py).
-    if event.focus.type != "Task" or event.kind == "transition":
+    # Referrals' data-quality Tasks (services/mapper/data_quality.py); not the review Tasks of held
+    # messages (their own topic, below).
+    if event.focus.type != "Task" or event.kind == "transition" or is_review_task(current):
         return False
     if current is None:
         return True
@@ -119,6 +133,14 @@ def _data_quality(event: ChangeEvent, current: Resource | None, previous: Resour
         # A referral complete from its first message gets a completed Task: nothing to tell anyone.
         return current.get("status") != "completed"
     return _missing(current) != _missing(previous)
+
+
+def _patient_review(event: ChangeEvent, current: Resource | None, previous: Resource | None) -> bool:
+    """A held message's review Task: created (always told: the hold is the news), or its status changed."""
+    if event.focus.type != "Task" or event.kind == "transition" or not is_review_task(current):
+        return False
+    assert current is not None
+    return previous is None or current.get("status") != previous.get("status")
 
 
 def triggered(code: str, event: ChangeEvent, current: Resource | None, previous: Resource | None) -> bool:
@@ -139,6 +161,8 @@ def triggered(code: str, event: ChangeEvent, current: Resource | None, previous:
         return (current.get("status"), _step(current)) != (previous.get("status"), _step(previous))
     if code == "data-quality":
         return _data_quality(event, current, previous)
+    if code == "patient-review":
+        return _patient_review(event, current, previous)
     if code == "hna-completed":
         if event.focus.type != "CarePlan" or event.kind == "transition" or not is_support_plan(current):
             return False

@@ -17,8 +17,8 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from services.intake.fhir_intake import fhir_record
 from shared.fhir import Resource, business_identifiers, validate
+from shared.fhir_messages import fhir_record
 from shared.ids import identifier_key
 from shared.resources import stamp
 from shared.store import DURABLE, Document, Store

@@ -5,7 +5,7 @@
   it finishes;
 - the pathway CarePlan: the step's status; the MRI / MDT / plan activities' statuses from every step
   reached (``steps.activity_status``); ``period.end`` when the pathway ends. Activities are matched by
-  the descriptions in ``services/mapper/tables/mscc-pathway.json``.
+  the descriptions in the pathway table (``table.py``, ``data/mscc-pathway.json``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import copy
 import functools
 from datetime import datetime
 
-from services.mapper.hl7.mscc import pathway_table
 from shared.fhir import Resource
 
 from .record import Entry, fhir_time, parse_time, with_pathway
 from .steps import ACTIVITIES, STEPS, activity_status
+from .table import pathway_table
 
 
 @functools.cache

@@ -33,11 +33,11 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from services.mapper.hl7.mscc import care_plan_id
 from shared.fhir import FhirError, Resource, issue
 from shared.store import Document, Store
 
 from .faults import Faults, Trouble
+from .plan import care_plan_id
 from .record import current_step, history, parse_time, truncate
 from .steps import STEPS
 from .transitions import Origin, apply_transition

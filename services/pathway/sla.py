@@ -2,8 +2,9 @@
 
 Clock: from first contact (CarePlan.period.start, else when the hub first stored the referral), a
 window of 24 hours when neurological signs are present or not known, 7 days when they are absent:
-the MRI deadline the mapper wrote on the CarePlan, else ``window_hours`` of
-``services/mapper/tables/mscc-pathway.json`` (the same table) for the referral's neurological status.
+the MRI deadline written on the CarePlan (``plan.py``), else the window of the pathway table
+(``table.window``: ``window_hours`` of ``data/mscc-pathway.json``, the one place the windows live) for
+the referral's neurological status.
 The window is elapsed time: NICE counts hours, not service hours. The clock runs while the referral
 is at received, triaged-accepted or mri-requested (``steps.CLOCK_STEPS``) and the CarePlan's MRI
 activity is neither completed nor cancelled: an MRI reported, or a pathway ended, stops it.
@@ -32,16 +33,17 @@ from zoneinfo import ZoneInfo
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from services.mapper.hl7.mscc import care_plan_id, pathway_table
-from services.mapper.pathway import neurological
 from shared.fhir import Resource
 from shared.settings import Settings
 from shared.store import Document, Store
 
 from .effects import activity_keys, plan_activity_statuses
 from .faults import Faults, Trouble
+from .neurological import referral_reading
+from .plan import care_plan_id
 from .record import current_step, parse_time, truncate
 from .steps import CLOCK_STEPS
+from .table import window
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +113,6 @@ class Due:
     extra: dict[str, Any]
 
 
-def window_for(neurological_status: str) -> timedelta:
-    hours = pathway_table()["window_hours"]
-    return timedelta(hours=int(hours.get(neurological_status, hours["unknown"])))
-
-
 def due_events(clock: Clock, rules: SlaRules, now: datetime, running: bool) -> list[Due]:
     """The events due at ``now`` for ``clock``; at-risk and breached only while the clock ``running``."""
     out: list[Due] = []
@@ -167,7 +164,7 @@ async def _first_contact(store: Store, plan: Document, request: Document) -> dat
 
 
 def _planned_window(plan: Resource, start: datetime) -> timedelta | None:
-    """The MRI deadline the CarePlan shows (the mapper set it from the neurological status), as a window."""
+    """The MRI deadline the CarePlan shows (set from the neurological status by ``plan.py``), as a window."""
     for activity in plan.get("activity") or []:
         detail = activity.get("detail") or {}
         if activity_keys().get(str(detail.get("description"))) == "mri":
@@ -235,12 +232,12 @@ async def _open_clock(
     store: Store, rid: str, plan: Document, request: Document, troubles: list[Trouble] | None
 ) -> tuple[Clock, Document, bool]:
     try:
-        status = neurological(request["resource"])
+        status = referral_reading(request["resource"])
     except Exception as exc:  # fail safe: an unreadable status takes the 24-hour window
         _keep(troubles, Trouble(f"ServiceRequest/{rid}", request.get("version"), exc, "read as unknown (24 hours)"))
         status = "unknown"
     start = await _first_contact(store, plan, request)
-    clock = Clock(rid, start, _planned_window(plan["resource"], start) or window_for(status), status)
+    clock = Clock(rid, start, _planned_window(plan["resource"], start) or window(status), status)
     mri_done = plan_activity_statuses(plan["resource"]).get("mri") in ("completed", "cancelled")
     running = current_step(request["resource"]) in CLOCK_STEPS and not mri_done
     return clock, request, running

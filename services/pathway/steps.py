@@ -11,7 +11,7 @@
 
 Each step says what the referral ServiceRequest, the assessment Encounter and the pathway CarePlan
 show (their ``status``), which CarePlan activities (``mri``, ``mdt``, ``plan``: the keys of
-``services/mapper/tables/mscc-pathway.json``) it starts or completes, and whether the MRI SLA clock
+``data/mscc-pathway.json``) it starts or completes, and whether the MRI SLA clock
 still runs. Nothing here does I/O; ``transitions.py`` applies it.
 """
 

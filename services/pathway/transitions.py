@@ -1,7 +1,7 @@
 """Moving a referral along the pathway: check the move, build the new versions, write them atomically.
 
 ``apply_transition`` reads the referral ServiceRequest, its assessment Encounter and its pathway
-CarePlan (ids from ``services.mapper.hl7.mscc``), checks the move against ``steps.py``, and writes new
+CarePlan (ids from ``plan.py``), checks the move against ``steps.py``, and writes new
 versions of those that change plus exactly one outbox event (kind "transition") in one transaction,
 each resource guarded by the version it was read at. A concurrent change makes the guard fail; the
 whole move is then re-read and re-checked, so of two moves from the same step only one can win.
@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.mapper.hl7.mscc import assessment_id, care_plan_id
 from shared.fhir import FhirError, Resource, issue
 from shared.resources import content_of
 from shared.store import Document, Store
 
 from . import commit
 from .effects import care_plan_after, encounter_after, request_after
+from .plan import assessment_id, care_plan_id
 from .record import STEP_URL, Entry, current_step, fhir_time, has_pathway, history, parse_time, truncate
 from .steps import START, STEPS, allowed
 

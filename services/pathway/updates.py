@@ -1,4 +1,5 @@
-"""FHIR update (PUT with If-Match) of a ServiceRequest, Encounter or CarePlan, under the pathway's rules.
+"""FHIR update (PUT with If-Match, or the body's meta.versionId) of a ServiceRequest, Encounter or CarePlan,
+under the pathway's rules.
 
 The pathway step is the one source of the pathway's statuses. So:
 - a referral's step changes only through its step extension (or ``$transition``): a PUT that changes
@@ -9,13 +10,13 @@ The pathway step is the one source of the pathway's statuses. So:
   MRI / MDT / plan activity statuses may only stay as stored or take the value the step implies.
 Anything else in these resources may change. Each update is a new version with its history entry
 and exactly one outbox event: kind "updated", or "transition" when the step changed. A referral's
-data-quality Task (services/mapper/data_quality.py) is re-derived from the new content and, when it
+data-quality Task (data_quality.py) is re-derived from the new content and, when it
 changes, written in the same transaction with its own event.
 
 Failures are ``FhirError``: 400 (id does not match), 405 (type not updatable, or no such resource:
 update never creates),
-409 (a step change not allowed; concurrent changes), 412 (If-Match is not the current version),
-422 (a pathway-owned field or the history changed).
+409 (a step change not allowed; concurrent changes), 412 (If-Match or meta.versionId is not the current
+version), 422 (a pathway-owned field or the history changed), 428 (neither If-Match nor meta.versionId).
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from services.mapper.data_quality import referral_task
-from services.mapper.hl7.mscc import assessment_id, care_plan_id
-from services.mapper.pathway import neurological
 from shared.fhir import FhirError, Resource
 from shared.resources import content_of
 from shared.store import Document, Store
 
 from . import commit
+from .data_quality import referral_task
 from .effects import expected_activities, plan_activity_statuses
+from .neurological import referral_reading as neurological
+from .plan import assessment_id, care_plan_id
 from .record import HISTORY_URL, STEP_URL, current_step, truncate, with_pathway
 from .steps import STEPS
 from .transitions import (
@@ -68,6 +69,21 @@ def parse_if_match(value: str | None) -> int:
     if not text.isdigit():
         raise FhirError(400, "invalid", f'If-Match {value!r} is not a version ETag such as W/"3"')
     return int(text)
+
+
+def expected_version(if_match: str | None, body: Resource) -> int:
+    """The version an update is made against: ``If-Match`` when sent, else the body's ``meta.versionId``
+    (what a client sends back after reading the resource, as fhirpy's and fhirclient's ``save()`` do).
+    ``FhirError`` 428 with neither, 400 when either is not a version. A stale one is refused later (412)."""
+    if if_match is not None and if_match.strip():
+        return parse_if_match(if_match)
+    meta = body.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    if version is None:
+        return parse_if_match(None)
+    if not isinstance(version, str) or not version.isdigit():
+        raise FhirError(400, "invalid", f"meta.versionId {version!r} is not a version", expression=["meta.versionId"])
+    return int(version)
 
 
 def _reference_id(value: Any, resource_type: str) -> str | None:

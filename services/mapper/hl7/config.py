@@ -47,8 +47,8 @@ class SenderConfig:
     - ``organisation_oids``: OIDs (or URIs) that identify this trust itself as an assigning authority
       (HD.2 with HD.3 ISO/URI): identifiers under them keep ``urn:oid:...`` / the URI as their system.
       Other OIDs are scoped by the sending facility, like application names.
-    - ``supporting_info_codes``: OBX-3 identifier -> supporting-information key (tables/mscc-supporting-info.json),
-      for senders' own codes.
+    - ``supporting_info_codes``: OBX-3 identifier -> supporting-information key (the pathway's items,
+      services/pathway/data/mscc-supporting-info.json), for senders' own codes.
     - ``assume_timezone``: the IANA zone of times sent without an offset.
     - ``priority_codes``: the sender's own RF1-2 priority codes -> FHIR request-priority (routine,
       urgent, asap, stat); tried before tables/local-priority-codes.json and HL7 table 0280.

@@ -15,7 +15,8 @@ from shared.er7 import ParsedMessage
 from ..model import MappingError, OutcomeIssue, issue
 from . import tables
 from .config import MappingConfig, SenderConfig
-from .datatypes import FhirTime, InvalidValue, Systems, parse_ts
+from .datatypes.identifiers import Systems
+from .datatypes.times import FhirTime, InvalidValue, parse_ts
 from .reader import Seg
 
 # Envelope segments: the header, the sending software, the event. Always consumed (the steps read
@@ -51,6 +52,8 @@ class Header:
         return f"{self.code}^{self.event}" if self.event else self.code
 
 
+# The sender scope of a message whose MSH-4 and MSH-3 are empty.
+UNKNOWN_SENDER = "unknown"
 # Message codes with a single trigger event, for senders that leave MSH-9.2 empty (v2.3 "ORM").
 SOLE_TRIGGER = {"ORM": "O01", "ORU": "R01", "OMG": "O19"}
 
@@ -66,7 +69,7 @@ def read_header(msh: Seg) -> Header:
         structure=kind.c(3).upper(),
         version=msh.value(12),
         control_id=msh.value(10),
-        facility=facility.c(1) or facility.c(2) or application.c(1) or "unknown",
+        facility=facility.c(1) or facility.c(2) or application.c(1) or UNKNOWN_SENDER,
         application=application.c(1),
     )
 
@@ -165,6 +168,15 @@ def build_context(message: ParsedMessage, config: MappingConfig) -> Context:
     systems = Systems(sender.local_system_pattern, header.facility, known, sender.organisation_oids)
     context = Context(message, segments, header, sender, systems, _zone(sender.assume_timezone))
     context.consumed.update(s.index for s in segments if s.name in ENVELOPE_SEGMENTS)
+    if header.facility == UNKNOWN_SENDER:
+        # Local numbers mean something only within the trust that issued them; a message that names no
+        # sender shares its scope with every other such message, so say so on the record.
+        context.warn(
+            "MSH-4 and MSH-3 name no sending facility or application: local identifiers are scoped to "
+            f"'{UNKNOWN_SENDER}', shared with every other unnamed sender; only the NHS number identifies "
+            "the patient safely",
+            "MSH-4",
+        )
     return context
 
 

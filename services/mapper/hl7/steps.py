@@ -12,16 +12,23 @@ import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..data_quality import referral_task
+from services.pathway.data_quality import referral_task
+from services.pathway.neurological import Neurological
+from services.pathway.plan import Pathway, assessment_patch, care_plan_patch
+from services.pathway.table import referral_code_text
+
 from ..model import MappingError, Patch, Resource
-from . import segments, tables
-from .clinical import Clinical, clinical_content
+from . import tables
 from .context import Context
 from .datatypes import Json
-from .mscc import Pathway, assessment_patch, care_plan_patch, pathway_table
+from .groups import OrderGroup, order_groups, patient_groups, with_owners
 from .priority import referral_priority
 from .reader import Seg
-from .supporting import Neurological, supporting_info
+from .segments import orders, patients, referrals, visits
+from .segments.clinical import Clinical, clinical_content
+from .segments.common import profile, ref
+from .segments.notes import note
+from .supporting import supporting_info
 
 # OBX value types whose OBX-5 is report text (the DiagnosticReport conclusion).
 TEXT_VALUE_TYPES = frozenset({"TX", "FT", "ST", ""})
@@ -49,64 +56,13 @@ class Output:
         return self.patient
 
 
-# --- grouping ---------------------------------------------------------------------------------------
-
-
-def patient_groups(ctx: Context) -> list[list[Seg]]:
-    """Segments from each PID up to the next (ORM, ORU and A40 repeat the patient group)."""
-    groups: list[list[Seg]] = []
-    for seg in ctx.segments[1:]:
-        if seg.name == "PID":
-            groups.append([seg])
-        elif groups:
-            groups[-1].append(seg)
-    return groups
-
-
-@dataclass
-class OrderGroup:
-    """An ORC and/or OBR with the segments that follow it (NTE, DG1, OBX, ...)."""
-
-    orc: Seg | None
-    obr: Seg | None
-    children: list[Seg] = field(default_factory=list)
-
-
-def order_groups(group: list[Seg]) -> list[OrderGroup]:
-    """ORC starts an order; an OBR joins the ORC before it (even after PRT/TQ1/CTD between them, as
-    v2.8 allows), or starts an order of its own (ORU without ORC, a second OBR under one ORC)."""
-    orders: list[OrderGroup] = []
-    for seg in group:
-        if seg.name == "ORC":
-            orders.append(OrderGroup(seg, None))
-        elif seg.name == "OBR":
-            if orders and orders[-1].obr is None:
-                orders[-1].obr = seg
-            else:
-                orders.append(OrderGroup(None, seg))
-        elif orders and seg.name not in ("PID", "PD1", "PV1", "PV2"):
-            orders[-1].children.append(seg)
-    return orders
-
-
-def with_owners(children: list[Seg]) -> list[tuple[Seg, Seg | None]]:
-    """Each segment with the non-NTE segment before it (an NTE belongs to that one)."""
-    out: list[tuple[Seg, Seg | None]] = []
-    owner: Seg | None = None
-    for seg in children:
-        out.append((seg, owner))
-        if seg.name != "NTE":
-            owner = seg
-    return out
-
-
 # --- patient and visit --------------------------------------------------------------------------------
 
 
 def _patient(ctx: Context, out: Output, pid: Seg, group: list[Seg]) -> Resource:
-    patient = segments.patient(pid, ctx.first("PD1", group), ctx)
+    patient = patients.patient(pid, ctx.first("PD1", group), ctx)
     out.resources.append(patient)
-    out.patient = segments.ref("Patient", patient["id"])
+    out.patient = ref("Patient", patient["id"])
     return patient
 
 
@@ -115,9 +71,9 @@ def _visit(ctx: Context, out: Output, group: list[Seg], status: str | None = Non
     if pv1 is None:
         out.encounter = None
         return None
-    encounter = segments.encounter(pv1, ctx.first("PV2", group), ctx, out.subject(), status)
+    encounter = visits.encounter(pv1, ctx.first("PV2", group), ctx, out.subject(), status)
     out.resources.append(encounter)
-    out.encounter = segments.ref("Encounter", encounter["id"])
+    out.encounter = ref("Encounter", encounter["id"])
     return encounter
 
 
@@ -196,18 +152,18 @@ def _providers(ctx: Context, request: Resource) -> list[Resource]:
     referral without it reaches no trust: that is flagged as a warning on the message.
     """
     contained: list[Resource] = []
-    sender = segments.sending_organization(ctx)
+    sender = referrals.sending_organization(ctx)
     for number, prd in enumerate(ctx.all("PRD"), start=1):
         role = prd.value(1).upper()
         if role == "RP" and "requester" not in request:
-            found = segments.provider(prd, ctx, "requester", sender)
+            found = referrals.provider(prd, ctx, "requester", sender)
             if found:
                 request["requester"] = {"reference": "#requester"}
                 contained.append(found)
                 if sender and found.get("organization") is sender:
                     ctx.info("PRD-10 and PRD-4 give no ODS code: the referring organisation is MSH-4", "PRD-4")
         elif role == "RT":
-            found = segments.provider(prd, ctx, f"performer-{number}")
+            found = referrals.provider(prd, ctx, f"performer-{number}")
             if found:
                 request.setdefault("performer", []).append({"reference": f"#{found['id']}"})
                 contained.append(found)
@@ -215,7 +171,7 @@ def _providers(ctx: Context, request: Resource) -> list[Resource]:
         request["requester"] = sender
         ctx.info("no PRD referring provider: the requester is the sending facility (MSH-4)", "PRD")
     requester = next((c for c in contained if c["id"] == "requester"), None)
-    if not segments.has_ods_code((requester or {}).get("organization") or request.get("requester")):
+    if not referrals.has_ods_code((requester or {}).get("organization") or request.get("requester")):
         ctx.warn(
             "the referral names no referring organisation by ODS code (PRD-10, PRD-4, MSH-4): no trust "
             "can be notified about it until one is supplied",
@@ -250,7 +206,7 @@ def referral_step(ctx: Context, out: Output) -> None:
     rf1 = ctx.first("RF1")
     if rf1 is None:
         ctx.warn(f"{ctx.header.type} has no RF1: the referral has no status, priority or identifier", "RF1")
-    request = segments.referral(rf1, ctx, out.subject(), str(pathway_table()["referral_code_text"]))
+    request = referrals.referral(rf1, ctx, out.subject(), referral_code_text())
     if out.encounter:
         request["encounter"] = out.encounter
     priority = referral_priority(rf1, ctx)
@@ -260,7 +216,7 @@ def referral_step(ctx: Context, out: Output) -> None:
     clinical = clinical_content(ctx, out.subject(), ctx.segments)
     observations, notes = _referral_parts(ctx)
     info = supporting_info(observations, ctx, out.subject())
-    annotations = [a for a in (segments.note(n, ctx) for n in notes) if a]
+    annotations = [a for a in (note(n, ctx) for n in notes) if a]
     if priority.note:
         annotations.insert(0, {"text": priority.note})
     optional = {"contained": contained + info.contained, "supportingInfo": info.references, "note": annotations}
@@ -285,7 +241,7 @@ def _clock_start(ctx: Context, out: Output) -> datetime | None:
 
 
 def pathway_step(ctx: Context, out: Output) -> None:
-    """The MSCC assessment Encounter and pathway CarePlan of the referral (as patches, see mscc.py)."""
+    """The MSCC assessment Encounter and pathway CarePlan of the referral (as patches, see services/pathway/plan.py)."""
     request = out.primary
     if request is None:
         return
@@ -306,7 +262,8 @@ def pathway_step(ctx: Context, out: Output) -> None:
 
 
 def data_quality_step(ctx: Context, out: Output) -> None:
-    """The referral's data-quality Task: what of the MSCC minimum data it lacks (see data_quality.py)."""
+    """The referral's data-quality Task: what of the MSCC minimum data it lacks (see
+    services/pathway/data_quality.py)."""
     request = out.primary
     if request is None:
         return
@@ -323,9 +280,9 @@ def _order_extras(order: OrderGroup, ctx: Context) -> tuple[list[Json], list[Jso
     reasons, notes = [], []
     for seg, owner in with_owners(order.children):
         if seg.name == "DG1":
-            reasons.append(segments.diagnosis(seg, ctx))
+            reasons.append(orders.diagnosis(seg, ctx))
         elif seg.name == "NTE" and (owner is None or owner.name in ("ORC", "OBR")):
-            notes.append(segments.note(seg, ctx))
+            notes.append(note(seg, ctx))
     return [r for r in reasons if r], [n for n in notes if n]
 
 
@@ -340,7 +297,7 @@ def orders_step(ctx: Context, out: Output) -> None:
         _patient(ctx, out, group[0], group)
         _visit(ctx, out, group)
         for order in order_groups(group):
-            request = segments.order(order.orc, order.obr, ctx, out.subject())
+            request = orders.order(order.orc, order.obr, ctx, out.subject())
             reasons, notes = _order_extras(order, ctx)
             optional = {
                 "encounter": out.encounter,
@@ -393,8 +350,8 @@ def results_step(ctx: Context, out: Output) -> None:
         for order in order_groups(group):
             if order.obr is None:
                 continue
-            request = segments.order(order.orc, order.obr, ctx, out.subject())
-            report = segments.report(order.obr, order.orc, ctx, out.subject(), request["id"])
+            request = orders.order(order.orc, order.obr, ctx, out.subject())
+            report = orders.report(order.obr, order.orc, ctx, out.subject(), request["id"])
             text = _report_text(order, ctx)
             optional = {"encounter": out.encounter, "conclusion": "\n".join(text)}
             report.update({k: v for k, v in optional.items() if v})
@@ -416,13 +373,13 @@ def _retire(old_id: str, identifiers: list[Json], survivor_id: str, current: Res
         else {
             "resourceType": "Patient",
             "id": old_id,
-            "meta": segments.profile("Patient"),
+            "meta": profile("Patient"),
             "identifier": identifiers,
         }
     )
     out["active"] = False
     links = [link for link in out.get("link", []) if link.get("type") != "replaced-by"]
-    out["link"] = [*links, {"other": segments.ref("Patient", survivor_id), "type": "replaced-by"}]
+    out["link"] = [*links, {"other": ref("Patient", survivor_id), "type": "replaced-by"}]
     return out
 
 
@@ -438,11 +395,11 @@ def merge_step(ctx: Context, out: Output) -> None:
         if not mrgs:
             ctx.warn("ADT^A40 patient group without MRG: nothing to merge", "MRG")
         for mrg in mrgs:
-            old_identifiers = segments.merged_identifiers(mrg, ctx)
-            old_id = segments.patient_id(old_identifiers, ctx.systems.local(ctx.header.facility))
+            old_identifiers = patients.merged_identifiers(mrg, ctx)
+            old_id = patients.patient_id(old_identifiers, ctx.systems.local(ctx.header.facility))
             if old_id is None or old_id == survivor["id"]:
                 ctx.info("MRG names no other patient (no identifier, or the same Patient): no merge", "MRG-1")
                 continue
-            survivor.setdefault("link", []).append({"other": segments.ref("Patient", old_id), "type": "replaces"})
+            survivor.setdefault("link", []).append({"other": ref("Patient", old_id), "type": "replaces"})
             apply = functools.partial(_retire, old_id, old_identifiers, survivor["id"])
             out.patches.append(Patch("Patient", old_id, apply, f"merged into Patient/{survivor['id']} (ADT^A40)"))

@@ -6,61 +6,35 @@ value). Contained, because it is a snapshot of what the referrer sent with this 
 identity of its own and is replaced with the referral on REF^I13. An NTE after an OBX is its note.
 
 OBX items of the MSCC minimum data (neurological status, mobility, pain, steroids, prior radiotherapy,
-WHO performance status, SINS) are recognised by ``tables/mscc-supporting-info.json`` (OBX-3 codes, then
-OBX-3 text patterns; senders' own codes come from ``SenderConfig.supporting_info_codes``) and get an
-extra coding in the hub's LOCAL code system: never a SNOMED CT code. The neurological status read from
-them (``neurological.py``) drives the MRI deadline: the neurological items (the overall status, motor
-power, sensory level, sphincter function) are each read by what they measure; any other OBX counts only
-when its text names a sign ("Mobility: unsteady on feet"). When nothing says, the status is "unknown"
-(and the 24 hour window applies).
+WHO performance status, SINS) are the pathway's referral information items (``services/pathway/items.py``,
+``services/pathway/data/mscc-supporting-info.json``), recognised here by OBX-3 codes, then OBX-3 text
+patterns (senders' own codes come from ``SenderConfig.supporting_info_codes``), and get an extra coding
+in the hub's LOCAL code system: never a SNOMED CT code. The neurological status read from them (by the
+pathway's reading, ``services/pathway/neurological.py``) drives the MRI deadline: the neurological items
+(the overall status, motor power, sensory level, sphincter function) are each read by what they
+measure; any other OBX counts only when its text names a sign ("Mobility: unsteady on feet"). When
+nothing says, the status is "unknown" (and the 24 hour window applies).
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.pathway.items import Item, items, local_system
+from services.pathway.neurological import Neurological, combine, item_reading
+
 from ..model import Resource
 from . import tables
 from .context import Context
-from .datatypes import Json, concept_text, cwe_concept
-from .neurological import Neurological as Neurological  # re-exported: the pathway code reads it here
-from .neurological import combine, names_a_sign, neurological_keys, read_item, read_text
+from .datatypes import Json
+from .datatypes.codes import concept_text, cwe_concept
 from .reader import Composite, Seg
-from .segments import note
+from .segments.notes import note
 
 _NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One kind of supporting information (a row of tables/mscc-supporting-info.json)."""
-
-    key: str
-    display: str
-    codes: frozenset[str]
-    patterns: tuple[re.Pattern[str], ...]
-
-
-@functools.cache
-def items() -> tuple[Item, ...]:
-    data = tables.load("mscc-supporting-info")
-    return tuple(
-        Item(
-            row["key"],
-            row["display"],
-            frozenset(c.upper() for c in row["codes"]),
-            tuple(re.compile(p, re.IGNORECASE) for p in row["patterns"]),
-        )
-        for row in data["items"]
-    )
-
-
-def local_system() -> str:
-    return str(tables.load("mscc-supporting-info")["system"])
 
 
 def classify(code: Composite, extra: Mapping[str, str]) -> Item | None:
@@ -76,80 +50,6 @@ def classify(code: Composite, extra: Mapping[str, str]) -> Item | None:
             return item
     text = " ".join(t for t in (code.c(2), code.c(5), code.c(9)) if t)
     return next((item for item in items() if any(p.search(text) for p in item.patterns)), None)
-
-
-def neurological_reading(text: str, key: str | None = None) -> Neurological:
-    """The neurological status one value says: read by what item ``key`` measures when it is a
-    neurological item (a sensory level "T10" is a sign), else as free text. Never raises: an odd
-    value reads "unknown"."""
-    if key is not None and key in neurological_keys():
-        return read_item(key, text)
-    return read_text(text)
-
-
-def item_reading(item: Item | None, text: str) -> Neurological | None:
-    """What one supporting-information value adds to the neurological status: a neurological item's
-    reading ("unknown" when its value is empty: not stated is not normal); for anything else only a
-    sign ("Mobility: unsteady on feet"), never an all-clear."""
-    if item is not None and item.key in neurological_keys():
-        return read_item(item.key, text)
-    return "present" if text and names_a_sign(text) else None
-
-
-def _strings(*values: Any) -> list[str]:
-    return [v for v in values if isinstance(v, str) and v.strip()]
-
-
-def _concept(concept: Any) -> tuple[set[str], str]:
-    """The codes (upper-cased) and texts of a CodeableConcept of any shape; nothing when malformed."""
-    if not isinstance(concept, dict):
-        return set(), ""
-    raw = concept.get("coding")
-    codings: list[Any] = raw if isinstance(raw, list) else []
-    codes = {c["code"].upper() for c in codings if isinstance(c, dict) and isinstance(c.get("code"), str)}
-    texts = _strings(concept.get("text"), *(c.get("display") for c in codings if isinstance(c, dict)))
-    return codes, " ".join(texts)
-
-
-def item_of_concept(concept: Any) -> Item | None:
-    """The supporting-information item a FHIR ``Observation.code`` names: the hub's local code (the
-    item key) or one of the item's codes, else its text or display by the item's patterns."""
-    codes, text = _concept(concept)
-    for item in items():
-        if item.key.upper() in codes or codes & item.codes:
-            return item
-    return next((item for item in items() if any(p.search(text) for p in item.patterns)), None) if text else None
-
-
-def fhir_value_text(observation: Mapping[str, Any]) -> str:
-    """An Observation's value as text, whatever its type (string, concept, quantity, integer,
-    boolean); "" when it has none or it is malformed."""
-    for key in ("valueString", "valueInteger", "valueBoolean", "valueCodeableConcept", "valueQuantity"):
-        value = observation.get(key)
-        if isinstance(value, bool):
-            return "yes" if value else "no"
-        if isinstance(value, (str, int, float)):
-            return str(value).strip()
-        if key == "valueCodeableConcept" and isinstance(value, dict):
-            codes, text = _concept(value)
-            return text or " ".join(sorted(codes))
-        if key == "valueQuantity" and isinstance(value, dict) and isinstance(value.get("value"), (int, float)):
-            return " ".join(str(x) for x in (value["value"], value.get("unit")) if x is not None)
-    return ""
-
-
-def observation_reading(observation: Any) -> Neurological | None:
-    """What one contained FHIR resource adds to a referral's neurological status (None: nothing). Only
-    Observations count, read as ``item_reading`` reads an OBX: a neurological one by what it measures
-    ("unknown" when its value is missing or unreadable), any other only when it names a sign. Never raises,
-    whatever the shape (a contained PractitionerRole's ``code`` is a list)."""
-    if not isinstance(observation, dict) or observation.get("resourceType") != "Observation":
-        return None
-    if observation.get("status") in ("entered-in-error", "cancelled"):
-        return None
-    item = item_of_concept(observation.get("code"))
-    text = fhir_value_text(observation)
-    return item_reading(item, text)
 
 
 def _quantity(obx: Seg) -> Json | None:
