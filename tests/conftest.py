@@ -35,10 +35,18 @@ def mongodb_uri() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="mscc-test-mongod-") as tmp:
         server = LocalMongod(find_mongod(cache), Path(tmp) / "db", cache_gb=0.25)
         server.start()
+        # A caller that must clean up after a crashed session (CI) names a folder: the mongod's pid goes
+        # there, so exactly this process is stopped, never another checkout's by a name pattern.
+        pid_dir = os.environ.get("MSCC_TEST_PID_DIR")
+        pid_file = Path(pid_dir) / f"mongod-{os.getpid()}.pid" if pid_dir else None
+        if pid_file is not None and server.process is not None:
+            pid_file.write_text(str(server.process.pid))
         try:
             yield server.uri
         finally:
             server.stop()
+            if pid_file is not None:
+                pid_file.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
