@@ -35,17 +35,20 @@ def demo_referral(control_id: str, now: datetime) -> bytes:
     return "\r".join(segments).encode("utf-8") + b"\r"
 
 
-def demo_service_request() -> dict[str, object]:
+def demo_service_request(now: datetime | None = None) -> dict[str, object]:
+    """A FHIR referral; each run's has its own number (a second run on the same data is a new referral,
+    not different content under the first run's number, which the hub would refuse with a 409)."""
+    now = now or datetime.now(UTC)
     return {
         "resourceType": "ServiceRequest",
-        "identifier": [{"system": "https://fhir.rbl.nhs.uk/Id/referral", "value": "RBL-2026-0002"}],
+        "identifier": [{"system": "https://fhir.rbl.nhs.uk/Id/referral", "value": f"RBL-{now:%Y%m%d%H%M%S}"}],
         "status": "active",
         "intent": "order",
         "priority": "stat",
         "code": {"text": "Metastatic spinal cord compression referral"},
         "subject": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9449305552"}},
         "requester": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RBL"}},
-        "authoredOn": datetime.now(UTC).isoformat(timespec="seconds"),
+        "authoredOn": now.isoformat(timespec="seconds"),
     }
 
 
@@ -69,7 +72,7 @@ async def send_demo_traffic(settings: Settings, mllp_port: int) -> None:
     async with aiohttp.ClientSession() as session:
         headers = {"Content-Type": "application/fhir+json"}
         async with session.post(
-            f"{base}/fhir/ServiceRequest", data=json.dumps(demo_service_request()), headers=headers
+            f"{base}/fhir/ServiceRequest", data=json.dumps(demo_service_request(now)), headers=headers
         ) as response:
             log.info(
                 "demo: POST /fhir/ServiceRequest -> %s, Location %s", response.status, response.headers.get("Location")

@@ -5,24 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
+import os
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 import uvicorn
 
-from shared.mongod import LocalMongod, find_mongod, read_state
+from shared.mongod import clear_state, read_state, start_owned, stop_daemon
 from shared.settings import Settings
 from shared.store import Store, connect
 from shared.supervision import Backoff, Loop, TaskRegistry, supervise
 
-from .intake.app import create_app
+from .api.app import create_app
 from .intake.service import IntakeService
 from .mapper.service import MapperService, load_mapping
 from .mapper.worker import WorkerConfig, WorkerStats
 from .notifier.http import client_session
 from .notifier.service import NotifierService, NotifierStats
 from .pathway.scanner import SlaScanner
+from .serving import QuietServer, stop_on_signals
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,24 +42,36 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 @contextlib.asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[str]:
-    """The MongoDB URI to use: ``MONGODB_URI``, else the running ``mscc db start`` server, else a local
-    mongod started now (in ``MSCC_STATE_DIR``) and stopped on exit."""
+    """The MongoDB URI to use: ``MONGODB_URI``; else the local mongod already running for this state
+    folder (``mscc db start``, or another hub process's, which this one uses and leaves running); else a
+    local mongod started now in ``MSCC_STATE_DIR`` (one left behind by a killed hub process is taken over)
+    and stopped on exit, after everything that uses it."""
     if settings.mongodb_uri:
         yield settings.mongodb_uri
         return
     running = read_state(settings.state_dir)
-    if running is not None:
-        log.info("using the local MongoDB started by 'mscc db start'", extra={"port": running.port})
+    if running is not None and not running.orphaned:
+        log.info("using the local MongoDB already running", extra={"port": running.port, "pid": running.pid})
         yield running.uri
         return
-    binary = await asyncio.to_thread(find_mongod, settings.cache_dir)
-    mongod = LocalMongod(binary, settings.state_dir / "mongodb", cache_gb=settings.mongod_cache_gb)
-    await asyncio.to_thread(mongod.start)
+    if running is not None:
+        log.warning("taking over the local MongoDB a stopped hub process left running", extra={"port": running.port})
+        try:
+            yield running.uri
+        finally:
+            await asyncio.to_thread(stop_daemon, settings.state_dir)
+            log.info("stopped the local MongoDB")
+        return
+    mongod = await asyncio.to_thread(
+        start_owned, settings.state_dir, settings.cache_dir, settings.mongod_cache_gb, os.getpid()
+    )
     log.info("started a local MongoDB", extra={"port": mongod.port, "dbpath": str(mongod.dbpath)})
+    pid = mongod.state().pid
     try:
         yield mongod.uri
     finally:
         await asyncio.to_thread(mongod.stop)
+        clear_state(settings.state_dir, pid)
         log.info("stopped the local MongoDB")
 
 
@@ -95,7 +108,7 @@ async def serve(
 
     Every background loop (mapper worker, SLA scanner and report follower, notifier fan-out and delivery)
     runs supervised (``shared/supervision.py``): restarted with backoff if it stops, its cycles recorded
-    in ``registry`` (one per process), which intake's ``/readyz`` reports on. The mapper finishes the
+    in ``registry`` (one per process), which the API's ``/readyz`` reports on. The mapper finishes the
     batch in hand, and the notifier the attempts in hand, before the process exits.
     """
     mapping = load_mapping(settings.mapping_file) if "mapper" in parts else None
@@ -112,9 +125,7 @@ async def serve(
             workers.append(asyncio.create_task(task, name=name))
 
         if "mapper" in parts:
-            config = WorkerConfig(
-                max_attempts=settings.mapper_max_attempts, future_skew_s=settings.mapper_future_skew_s
-            )
+            config = WorkerConfig.from_settings(settings)
             mapper = MapperService(store, config, mapping=mapping)
             supervised("mapper", lambda hb: mapper.run(stop, heartbeat=hb), config.idle_poll_s)
             # SLA clocks and MRI-report follow-up run beside the mapper (any number may run: idempotent).
@@ -126,21 +137,23 @@ async def serve(
             notifier = NotifierService(store, settings, session)
             notifier_run = notifier.run(stop, registry=registry, backoff=backoff)  # supervises its own loops
             workers.append(asyncio.create_task(notifier_run, name="notifier"))
+        stop_on_signals(stop)
         try:
             if "intake" in parts:
-                await _serve_intake(settings, store, demo, registry)
+                await _serve_intake(settings, store, demo, registry, stop)
             else:
-                await _wait_for_signal(stop)
+                await stop.wait()
         finally:
             stop.set()
             await asyncio.gather(*workers)
+        log.info("stopped", extra={"parts": ",".join(parts)})
 
 
 async def drain(settings: Settings) -> WorkerStats:
     """``mscc mapper --burst``: map everything that is ready, then return."""
     mapping = load_mapping(settings.mapping_file)  # a bad file fails before any database work
     async with opened_store(settings) as store:
-        config = WorkerConfig(max_attempts=settings.mapper_max_attempts, future_skew_s=settings.mapper_future_skew_s)
+        config = WorkerConfig.from_settings(settings)
         return await MapperService(store, config, mapping=mapping).run(asyncio.Event(), burst=True)
 
 
@@ -150,14 +163,11 @@ async def drain_notifier(settings: Settings) -> NotifierStats:
         return await NotifierService(store, settings, session).run(asyncio.Event(), burst=True)
 
 
-async def _wait_for_signal(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-async def _serve_intake(settings: Settings, store: Store, demo: bool, registry: TaskRegistry) -> None:
+async def _serve_intake(
+    settings: Settings, store: Store, demo: bool, registry: TaskRegistry, stop: asyncio.Event
+) -> None:
+    """HTTP and MLLP until ``stop``: then HTTP finishes the requests in flight, and the MLLP listener
+    answers what it has committed and keeps what it has not, before the workers are stopped."""
     service = IntakeService(settings, store)
     await service.start()
     log.info(
@@ -175,10 +185,10 @@ async def _serve_intake(settings: Settings, store: Store, demo: bool, registry: 
         lifespan="off",
         access_log=False,
     )
-    server = uvicorn.Server(config)
+    server = QuietServer(config)
     demo_task = asyncio.create_task(_demo(settings, service, server)) if demo else None
     try:
-        await server.serve()  # returns on SIGINT/SIGTERM
+        await server.serve_until(stop)
     finally:
         if demo_task is not None:
             demo_task.cancel()

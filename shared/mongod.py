@@ -96,16 +96,24 @@ def free_port() -> int:
 
 @dataclass
 class MongodState:
-    """What a running local mongod is: written to ``state_dir/mongod.json`` by ``mscc db start``."""
+    """What a running local mongod is: written to ``state_dir/mongod.json`` by ``mscc db start`` (no
+    owner: it runs until ``mscc db stop``) or by a hub process that started its own (``owner_pid``: it
+    stops the server when it exits), so that every other ``mscc`` command finds the same server."""
 
     pid: int
     port: int
     dbpath: str
     logpath: str
+    owner_pid: int | None = None
 
     @property
     def uri(self) -> str:
         return f"mongodb://127.0.0.1:{self.port}/?replicaSet={REPLICA_SET}"
+
+    @property
+    def orphaned(self) -> bool:
+        """Started by a hub process that has gone (killed before it could stop the server)."""
+        return self.owner_pid is not None and not _alive(self.owner_pid)
 
 
 class LocalMongod:
@@ -291,6 +299,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def write_state(state_dir: Path, state: MongodState) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _state_file(state_dir).write_text(json.dumps(asdict(state)))
+
+
+def clear_state(state_dir: Path, pid: int) -> None:
+    """Remove the state file if it still describes the mongod with ``pid``."""
+    path = _state_file(state_dir)
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        if MongodState(**json.loads(path.read_text())).pid == pid:
+            path.unlink(missing_ok=True)
+
+
+def start_owned(state_dir: Path, cache_dir: Path, cache_gb: float, owner_pid: int) -> LocalMongod:
+    """Start a local mongod for a hub process (``mscc run`` and the parts): in its own session, so a
+    Ctrl-C at the terminal reaches the hub, which stops its parts first and the server last, and
+    recorded with its owner, so other ``mscc`` commands use it meanwhile."""
+    mongod = LocalMongod(find_mongod(cache_dir), state_dir / "mongodb", cache_gb=cache_gb)
+    mongod.start(detach=True)
+    state = mongod.state()
+    state.owner_pid = owner_pid
+    write_state(state_dir, state)
+    return mongod
+
+
 def start_daemon(state_dir: Path, cache_dir: Path, cache_gb: float) -> MongodState:
     """``mscc db start``: start a detached local mongod (or return the one already running)."""
     existing = read_state(state_dir)
@@ -299,8 +332,7 @@ def start_daemon(state_dir: Path, cache_dir: Path, cache_gb: float) -> MongodSta
     mongod = LocalMongod(find_mongod(cache_dir), state_dir / "mongodb", cache_gb=cache_gb)
     mongod.start(detach=True)
     state = mongod.state()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    _state_file(state_dir).write_text(json.dumps(asdict(state)))
+    write_state(state_dir, state)
     return state
 
 

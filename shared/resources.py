@@ -2,11 +2,13 @@
 
 Documents::
 
-    resources         {_id: "Type/id", type, id, version, last_updated, identifier_keys, resource}
-    resource_history  {_id: "Type/id/_history/N", type, id, version, last_updated, source, resource}
+    resources         {_id: "Type/id", type, id, version, last_updated, identifier_keys, source_time, resource}
+    resource_history  {_id: "Type/id/_history/N", type, id, version, last_updated, message_id, resource}
 
-``version_documents`` builds both for a new version; the caller writes them (with its message record,
-in one transaction) so a resource and the message it came from are stored together or not at all.
+(typed as ``records.ResourceVersion`` and ``records.HistoryEntry``)
+
+``stamp`` sets a version's ``meta`` and ``content_of`` says whether new content is a change; versions are
+built and written by the one write path (``versions.py``). ``ResourceStore`` reads them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from pymongo.asynchronous.client_session import AsyncClientSession
 
-from .fhir import Resource, business_identifiers
+from .fhir import Resource
 from .ids import identifier_key
 from .store import Document, Store
 
@@ -50,29 +52,6 @@ def content_of(resource: Resource) -> Resource:
     return out
 
 
-def version_documents(resource: Resource, version: int, when: datetime) -> tuple[Document, Document]:
-    rtype, rid = resource["resourceType"], resource["id"]
-    keys = [identifier_key(rtype, s, v) for s, v in business_identifiers(resource)]
-    current = {
-        "_id": f"{rtype}/{rid}",
-        "type": rtype,
-        "id": rid,
-        "version": version,
-        "last_updated": when,
-        "identifier_keys": keys,
-        "resource": resource,
-    }
-    history = {
-        "_id": f"{rtype}/{rid}/_history/{version}",
-        "type": rtype,
-        "id": rid,
-        "version": version,
-        "last_updated": when,
-        "resource": resource,
-    }
-    return current, history
-
-
 class ResourceStore:
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -90,19 +69,6 @@ class ResourceStore:
             {"type": resource_type, "identifier_keys": identifier_key(resource_type, system, value)}
         ).limit(limit)
         return [doc async for doc in cursor]
-
-    async def insert_version(
-        self, resource: Resource, version: int, when: datetime, session: AsyncClientSession
-    ) -> None:
-        """Insert version ``version`` (1 = create). ``DuplicateKeyError`` if it already exists."""
-        current, history = version_documents(resource, version, when)
-        await self._store.history.insert_one(history, session=session)
-        if version == 1:
-            await self._store.resources.insert_one(current, session=session)
-        else:
-            await self._store.resources.replace_one(
-                {"_id": current["_id"], "version": version - 1}, current, session=session
-            )
 
 
 def to_wire(doc: Document) -> dict[str, Any]:

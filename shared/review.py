@@ -13,7 +13,7 @@ apply | reject``, or ``/admin/messages``):
 Both are guarded by the record's status, so two operators cannot decide the same record twice. The
 MSCC team's "Review patient match" Task of the record (``review_task.py``) is closed in the same
 transaction: ``completed`` when applied, ``rejected`` when rejected, with who decided, as a new version
-with its history and outbox event (so the ``patient-review`` topic announces it). A record held before
+with its history and outbox event (``versions.py``) (so the ``patient-review`` topic announces it). A record held before
 these Tasks existed has none: the decision is recorded all the same.
 """
 
@@ -22,10 +22,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .fhir import validate
-from .resources import stamp, version_documents
+from .retry import TransientError, run_transaction
 from .review_task import decided, review_task_id
 from .store import DURABLE, Document, Store
+from .versions import next_version, read_version, write_versions
 
 NEEDS_REVIEW = "needs-review"
 REVIEW_REJECTED = "review-rejected"
@@ -66,35 +66,22 @@ async def held(store: Store, limit: int = 50) -> list[Document]:
 
 async def _close_task(store: Store, record_id: str, decision: dict[str, Any], session: Any) -> None:
     """The record's review Task, closed with the decision: a new version, its history and its outbox
-    event. Nothing when the record has no Task or it is closed already. ``ReviewError`` 409 when the
-    Task changed while it was read (the whole decision is then undone: try again)."""
+    event (the one write path). Nothing when the record has no Task or it is closed already.
+    ``Conflict`` when the Task changed while it was read (the whole decision is then run again)."""
     key = f"Task/{review_task_id(record_id)}"
     current = await store.resources.find_one({"_id": key}, session=session)
     if current is None or current["resource"].get("status") != "requested":
         return
     when: datetime = decision["at"]
-    version = int(current["version"]) + 1
     closed = decided(current["resource"], decision["decision"], decision["by"], when, decision.get("reason"))
-    resource = validate(stamp(closed, current["id"], version, when, f"urn:uuid:{record_id}"))
-    doc, history = version_documents(resource, version, when)
-    replaced = await store.resources.replace_one({"_id": key, "version": current["version"]}, doc, session=session)
-    if replaced.matched_count != 1:
-        raise ReviewError(f"the review Task of record {record_id} changed while it was closed: try again", 409)
-    await store.history.insert_one({**history, "message_id": record_id}, session=session)
-    event = {
-        "_id": history["_id"],
-        "type": "Task",
-        "id": current["id"],
-        "version": version,
-        "kind": "updated",
-        "created_at": when,
-        "message_id": record_id,
-        "status": "ready",
-    }
-    await store.outbox.insert_one(event, session=session)
+    new = next_version(
+        read_version(current), closed, now=when, source=f"urn:uuid:{record_id}", message_id=record_id, kind="updated"
+    )
+    if new is not None:
+        await write_versions(store, [new], session=session)
 
 
-async def _decide(store: Store, record_id: str, update: dict[str, Any], unset: dict[str, str]) -> Document:
+async def _decide_once(store: Store, record_id: str, update: dict[str, Any], unset: dict[str, str]) -> Document | None:
     decision = {k.removeprefix("review."): v for k, v in update.items() if k.startswith("review.")}
     async with store.client.start_session() as session:
         async with await session.start_transaction(write_concern=DURABLE):
@@ -107,7 +94,17 @@ async def _decide(store: Store, record_id: str, update: dict[str, Any], unset: d
             )
             if changed is not None:
                 await _close_task(store, record_id, decision, session)
-                return changed
+            return changed
+
+
+async def _decide(store: Store, record_id: str, update: dict[str, Any], unset: dict[str, str]) -> Document:
+    try:
+        changed = await run_transaction(lambda: _decide_once(store, record_id, update, unset), what="review decision")
+    except TransientError as exc:
+        what = f"the review Task of record {record_id} kept changing while it was closed: try again"
+        raise ReviewError(what, 409) from exc
+    if changed is not None:
+        return changed
     found = await store.messages.find_one({"_id": record_id}, {"status": 1})
     if found is None:
         raise ReviewError(f"no record {record_id}", 404)

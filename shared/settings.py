@@ -112,6 +112,15 @@ class Settings(BaseSettings):
     # A message dated (MSH-7, Bundle.timestamp) further ahead of the hub's clock than this is ordered by
     # its arrival time instead, with a warning: a sender's wrong clock must not make later messages stale.
     mapper_future_skew_s: float = Field(default=300.0, ge=0)
+    # The mapper's claims (services/mapper/worker.py): messages per batch, and how long a claim is held
+    # before another worker may take it (longer than the slowest batch takes to map and write).
+    mapper_batch_size: int = Field(default=100, ge=1, le=5000)
+    mapper_lease_s: float = Field(default=60.0, gt=0)
+    # A message the database could not take is tried again after base x 2^(n-1) s (with jitter), at most
+    # max; an idle worker looks for new messages this often (woken sooner by nothing: it polls).
+    mapper_backoff_base_s: float = Field(default=2.0, gt=0)
+    mapper_backoff_max_s: float = Field(default=300.0, gt=0)
+    mapper_idle_poll_s: float = Field(default=0.5, gt=0)
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from .retry import Backoff as JobBackoff
+
 log = logging.getLogger(__name__)
 
 State = Literal["starting", "running", "restarting", "stopped", "dead"]
@@ -163,15 +165,12 @@ class Heartbeat:
             self._health.restarts += 1
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Restart delays: ``base_s * 2**n`` capped at ``max_s`` (``n``: restarts since the last good cycle)."""
+class Backoff(JobBackoff):
+    """Restart delays: ``base_s * 2**n`` capped at ``max_s`` (``n``: restarts since the last good cycle);
+    the hub's job backoff (``shared/retry.py``) without jitter, so a restart's delay is predictable."""
 
-    base_s: float = 1.0
-    max_s: float = 60.0
-
-    def delay(self, failures: int) -> float:
-        return float(min(self.max_s, self.base_s * 2 ** max(0, failures - 1)))
+    def __init__(self, base_s: float = 1.0, max_s: float = 60.0) -> None:
+        super().__init__(base_s, max_s, jitter=0.0)
 
 
 Loop = Callable[[Heartbeat], Awaitable[object]]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from services.intake.app import create_app
+from services.api.app import create_app
 from services.intake.service import IntakeService
 from shared.mongod import LocalMongod, find_mongod
 from shared.settings import Settings

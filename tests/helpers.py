@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from services.intake.app import create_app
+from services.api.app import create_app
 from services.intake.service import IntakeService
 from shared.settings import Settings
 from shared.store import Store

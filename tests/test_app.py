@@ -18,7 +18,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from helpers import app_client
 from pymongo import AsyncMongoClient
 
-from services.intake.app import create_app
+from services.api.app import create_app
 from services.intake.service import IntakeService
 from shared.settings import Settings
 from shared.store import Document, Store

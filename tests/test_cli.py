@@ -100,3 +100,69 @@ def test_mapper_burst_drains_and_exits(tmp_path: Path, mongodb_uri: str) -> None
     result = mscc(tmp_path, "mapper", "--burst", MONGODB_URI=mongodb_uri, MSCC_DB_NAME=f"cli_{tmp_path.name[-12:]}")
     assert result.returncode == 0, result.stderr
     assert "mapped 0, failed 0" in result.stdout
+
+
+def _start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    env = mscc_env(tmp_path, MSCC_HTTP_PORT=str(free_port()), MSCC_MLLP_PORT=str(free_port()))
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for(process: subprocess.Popen[str], text: str, seconds: float = 90) -> str:
+    """The output up to the first line containing ``text`` (fails if the process ends first)."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return "".join(lines)
+    raise AssertionError(f"{text!r} never appeared:\n" + "".join(lines))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_stops_every_part_and_the_database_and_a_restart_uses_the_same_data(tmp_path: Path) -> None:
+    process = _start(tmp_path, "run")
+    try:
+        head = _wait_for(process, "intake ready")
+        state = read_state(tmp_path / "state")
+        assert state is not None and state.owner_pid == process.pid
+        # A second terminal: the operator commands find the running hub's database, start no other.
+        listed = mscc(tmp_path, "messages", "list")
+        assert listed.returncode == 0, listed.stderr
+        again = read_state(tmp_path / "state")
+        assert again is not None and again.pid == state.pid
+    finally:
+        process.send_signal(signal.SIGTERM)  # what docker and systemd send
+        rest, _ = process.communicate(timeout=60)
+    output = head + rest
+    assert process.returncode == 0, output
+    assert "stopped the local MongoDB" in rest
+    assert "Traceback" not in output
+    assert not _alive(state.pid)
+    assert read_state(tmp_path / "state") is None
+
+    # The same data, started again: the replica set comes up on it, and Ctrl-C stops it cleanly.
+    restarted = _start(tmp_path, "run")
+    try:
+        _wait_for(restarted, "intake ready", seconds=60)
+    finally:
+        restarted.send_signal(signal.SIGINT)
+        rest, _ = restarted.communicate(timeout=60)
+    assert restarted.returncode == 0, rest
+    assert "Traceback" not in rest

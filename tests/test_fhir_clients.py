@@ -23,7 +23,7 @@ from fhirclient.models.bundle import Bundle
 from fhirclient.models.servicerequest import ServiceRequest
 from fhirpy import AsyncFHIRClient
 
-from services.intake.app import create_app
+from services.api.app import create_app
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
 from services.mapper.worker import WorkerConfig

@@ -18,11 +18,11 @@ import httpx
 import pytest
 from fhir_referrals import FHIR, referral
 
-from services.intake.fhir_reads import TYPE_ORDER
-from services.intake.search import PARAMETERS
-from services.intake.subsetting import SUBSETTED
+from services.api.fhir_reads import TYPE_ORDER
 from shared.nhs import NHS_NUMBER_SYSTEM
+from shared.search import PARAMETERS
 from shared.store import Store
+from shared.subsetting import SUBSETTED
 
 TRUSTS = ("RBL", "RJR", "REM")
 

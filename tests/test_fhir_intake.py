@@ -57,7 +57,7 @@ async def store(mongo_client: AsyncMongoClient[Document], settings: Settings) ->
     """The module's database, emptied after each test (every test still starts with no documents)."""
     store = Store(mongo_client, settings.db_name)
     yield store
-    for collection in (store.messages, store.resources, store.history):
+    for collection in (store.messages, store.resources, store.history, store.outbox):
         await collection.delete_many({})
 
 
@@ -627,7 +627,11 @@ async def test_client_supplied_id_and_meta_version_are_replaced(http: httpx.Asyn
     created = response.json()
     assert created["id"] == request_id("I-3")
     assert created["meta"]["versionId"] == "1"
-    assert created["meta"]["profile"] == ["https://x.example/p"]
+    # The client's profile is kept; the UK Core profile is added at intake (version 1 is normalised).
+    assert created["meta"]["profile"] == [
+        "https://x.example/p",
+        "https://fhir.hl7.org.uk/StructureDefinition/UKCore-ServiceRequest",
+    ]
 
 
 # 4. Duplicate Bundles.

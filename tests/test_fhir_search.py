@@ -167,12 +167,17 @@ async def test_unsupported_or_malformed_parameters_are_refused(
 async def test_history_lists_versions_newest_first(http: httpx.AsyncClient, seeded: dict[str, str]) -> None:
     found = await search(http, "/fhir/ServiceRequest", patient=seeded["Jones"], status="active")
     rid = ids_of(found)[0]
+    # A second version: the referral as created (version 1, normalised at intake), then updated.
+    read = await http.get(f"/fhir/ServiceRequest/{rid}")
+    changed = {**read.json(), "note": [{"text": "second version"}]}
+    headers = {"Content-Type": "application/fhir+json", "If-Match": read.headers["ETag"]}
+    assert (await http.put(f"/fhir/ServiceRequest/{rid}", json=changed, headers=headers)).status_code == 200
     response = await http.get(f"/fhir/ServiceRequest/{rid}/_history")
     assert response.status_code == 200
     bundle = response.json()
     get_fhir_model_class("Bundle").model_validate(bundle)
     versions = [e["resource"]["meta"]["versionId"] for e in bundle["entry"]]
-    assert versions == ["2", "1"]  # 1 from intake, 2 once the mapper added the UK Core profile
+    assert versions == ["2", "1"]
     assert bundle["entry"][0]["response"]["etag"] == 'W/"2"'
     assert (await http.get(f"/fhir/ServiceRequest/{rid}/_history", params={"_count": "1"})).json()["entry"][0][
         "resource"

@@ -62,15 +62,17 @@ async def test_created_referral_is_normalised_and_gets_its_episode_and_plan(
     created = await http.post("/fhir/ServiceRequest", json=referral(), headers=FHIR)
     assert created.status_code == 201
     sr_id = created.json()["id"]
+    # Normalised at intake: the UK Core profile is on version 1, as answered.
+    assert "https://fhir.hl7.org.uk/StructureDefinition/UKCore-ServiceRequest" in created.json()["meta"]["profile"]
     await burst(intake.store)
     sr = await resource(intake.store, f"ServiceRequest/{sr_id}")
-    assert sr["version"] == 2  # the UK Core profile was added
+    assert sr["version"] == 1  # the mapper derives what the referral implies; it never rewrites it
     assert "https://fhir.hl7.org.uk/StructureDefinition/UKCore-ServiceRequest" in sr["resource"]["meta"]["profile"]
     [record] = [d async for d in intake.store.messages.find({"protocol": "fhir"})]
     assert record["status"] == "mapped"
     written = {(w["type"], w["changed"]) for w in record["processing"]["resources"]}
     # ... and the referral's data-quality Task (docs/pathway.md, "Referral data quality").
-    assert written == {("ServiceRequest", True), ("Encounter", True), ("CarePlan", True), ("Task", True)}
+    assert written == {("Encounter", True), ("CarePlan", True), ("Task", True)}
     plans = [d async for d in intake.store.resources.find({"type": "CarePlan"})]
     mri = plans[0]["resource"]["activity"][0]["detail"]
     assert mri["scheduledPeriod"]["end"].startswith("2026-11-26T08:00")  # 24 h: neurological status unknown

@@ -305,7 +305,8 @@ async def test_two_simultaneous_transitions_exactly_one_wins(
 async def test_transition_with_if_match(http: httpx.AsyncClient, store: Store, now: datetime) -> None:
     [rid] = await create_referrals(http, store, referral_body("IFMATCH-1", now - timedelta(hours=1)))
     etag = (await http.get(f"/fhir/ServiceRequest/{rid}")).headers["ETag"]
-    stale = await move(http, rid, "triaged-accepted", **{"If-Match": 'W/"1"'})
+    # Not the version the referral is at (1: a FHIR referral is stored once; the mapper never rewrites it).
+    stale = await move(http, rid, "triaged-accepted", **{"If-Match": 'W/"0"'})
     assert stale.status_code == 412 and stale.json()["issue"][0]["code"] == "conflict"
     fresh = await move(http, rid, "triaged-accepted", **{"If-Match": etag})
     assert fresh.status_code == 200
@@ -324,7 +325,7 @@ async def test_update_needs_if_match(http: httpx.AsyncClient, store: Store, now:
     # tests/test_fhir_conventions.py).
     missing = await http.put(path, json={k: v for k, v in body.items() if k != "meta"}, headers=FHIR)
     assert missing.status_code == 428 and missing.json()["resourceType"] == "OperationOutcome"
-    stale = await http.put(path, json=body, headers=FHIR | {"If-Match": 'W/"1"'})
+    stale = await http.put(path, json=body, headers=FHIR | {"If-Match": 'W/"0"'})  # not the current version
     assert stale.status_code == 412
     count = await store.outbox.count_documents({})
     done = await http.put(path, json=body, headers=FHIR | {"If-Match": read.headers["ETag"]})

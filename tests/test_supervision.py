@@ -24,7 +24,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from services.intake.app import create_app
+from services.api.app import create_app
 from services.intake.fhir_intake import check_update_targets
 from services.intake.service import IntakeService
 from services.mapper.dispatch import make_mapper

@@ -12,26 +12,20 @@ Bundles are validated, stored and queued; the mapper resolves their entries and 
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import logging
-import random
-import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from shared.auth import Caller
 from shared.fhir import (
     FHIR_VERSION,
     FhirError,
     Resource,
-    business_identifiers,
     check_content_type,
     operation_outcome,
     parse_json,
@@ -40,40 +34,38 @@ from shared.fhir import (
 from shared.fhir import issue as fhir_issue
 from shared.fhir_messages import fhir_record
 from shared.hna import check_responses as check_hna_responses
-from shared.ids import resource_id, scoped_system
-from shared.nhs import NATIONAL_SYSTEMS, NHS_NUMBER_SYSTEM, check_nhs_numbers, is_valid_nhs_number, nhs_patient_id
-from shared.resources import ResourceStore, content_of, stamp
+from shared.nhs import check_nhs_numbers
+from shared.normalise import normalised
+from shared.resources import ResourceStore, content_of
+from shared.retry import TransactionRetry, TransientError, run_transaction
 from shared.store import DURABLE, Document, Store
+from shared.versions import NewVersion, next_version, source_of, write_versions
 
-from .bundle_entries import EntryRefusal, bundle_refusals
+from .bundle_entries import bundle_refusals
 from .committer import GroupCommitter, StoreUnavailable
+from .fhir_bundles import (
+    BUNDLE_TYPES,
+    bundle_key,
+    check_update_targets,
+    message_response,
+    nhs_number_warnings,
+    plan_entry,
+    refused,
+    transaction_receipt,
+    with_entry_warnings,
+)
+from .fhir_ids import business_id, identifier_scope, legacy_id
+from .fhir_reply import FhirReply, etag, http_date
 from .hl7_intake import new_id
+
+# Re-exported: the names callers (and tests) import from here.
+__all__ = ["FhirIntake", "FhirReply", "business_id", "check_update_targets", "identifier_scope", "legacy_id"]
 
 log = logging.getLogger(__name__)
 
-BUNDLE_TYPES = ("transaction", "batch", "message")
-WRITE_CONFLICT = 112
 MATCH_LIMIT = 50  # If-None-Exist candidates read before keeping those in the caller's scope
-CREATE_ATTEMPTS = 8  # concurrent creates of one id conflict in MongoDB; each retry backs off a little longer
-
-
-@dataclass
-class FhirReply:
-    status: int
-    body: Resource
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def _etag(version: int | str) -> str:
-    return f'W/"{version}"'
-
-
-def _write_conflict(exc: PyMongoError) -> bool:
-    return isinstance(exc, OperationFailure) and exc.code == WRITE_CONFLICT
-
-
-def _http_date(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+# Concurrent creates of one id conflict in MongoDB; each retry backs off a little longer.
+CREATE_RETRY = TransactionRetry(attempts=8)
 
 
 def _unavailable(what: str, exc: PyMongoError) -> FhirError:
@@ -82,77 +74,16 @@ def _unavailable(what: str, exc: PyMongoError) -> FhirError:
     return FhirError(503, "transient", f"{what}: the database did not answer, send it again")
 
 
-async def _backoff(attempt: int) -> None:
-    await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
-
-
-def identifier_scope(system: str, ods_code: str) -> str:
-    """The system a business identifier's resource id is derived under: national systems (NHS number,
-    ODS code, GMC number) as they are, any other scoped by the organisation that sent it, so two trusts
-    posting the same ``system|value`` get two resources."""
-    return system if system in NATIONAL_SYSTEMS else scoped_system(system, ods_code)
-
-
-def business_id(resource_type: str, data: Resource, ods_code: str) -> str | None:
-    """The id a posted resource gets from its business identifiers (None without one): a Patient with a
-    valid NHS number the id every route gives that number; else the first identifier, scoped by the
-    caller's ODS code unless its system is national."""
-    identifiers = business_identifiers(data)
-    if resource_type == "Patient":
-        for system, value in identifiers:
-            if system == NHS_NUMBER_SYSTEM and is_valid_nhs_number(value):
-                return nhs_patient_id(value)
-    if not identifiers:
-        return None
-    system, value = identifiers[0]
-    return resource_id(resource_type, identifier_scope(system, ods_code), value)
-
-
-def legacy_id(resource_type: str, data: Resource) -> str | None:
-    """The id the first business identifier gave before ids were scoped by the sending organisation
-    (resources stored then keep it; see ``FhirIntake._owned_legacy``)."""
-    identifiers = business_identifiers(data)
-    return resource_id(resource_type, *identifiers[0]) if identifiers else None
+def _same_create(stored: Resource, data: Resource) -> bool:
+    """Whether ``stored`` holds what the (normalised) create ``data`` says. The stored side is normalised
+    too: a resource stored before intake normalised creates holds the body as it was sent."""
+    return content_of(normalised(stored)[0]) == content_of(data)
 
 
 def prefers_outcome(prefer: str | None) -> bool:
     """Whether the ``Prefer`` header asks for ``return=OperationOutcome``."""
     parts = [p.strip().replace(" ", "") for p in (prefer or "").split(",")]
     return any(p.lower() == "return=operationoutcome" for p in parts)
-
-
-def nhs_number_warnings(entries: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    """Per entry index, the warnings for NHS numbers failing the check in that entry's resource (the
-    mapper stores them under the local invalid-number system: ``check_nhs_numbers``)."""
-    found: dict[int, list[dict[str, Any]]] = {}
-    for index, entry in enumerate(entries):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict):
-            _, invalid = check_nhs_numbers(resource, f"Bundle.entry[{index}].resource")
-            if invalid:
-                found[index] = [finding.issue() for finding in invalid]
-    return found
-
-
-def with_entry_warnings(reply: FhirReply, warnings: dict[int, list[dict[str, Any]]]) -> FhirReply:
-    """The Bundle answer with its warnings where clients read them: a transaction or batch receipt
-    entry's ``response.outcome``; for a message Bundle, an OperationOutcome entry that the response
-    MessageHeader names in ``response.details`` (the code stays "ok": the message was taken)."""
-    if not warnings:
-        return reply
-    body = copy.deepcopy(reply.body)
-    entries: list[dict[str, Any]] = body.get("entry") or []
-    if body.get("type") == "message" and entries:
-        outcome_id = str(uuid.uuid4())
-        issues = [w for index in sorted(warnings) for w in warnings[index]]
-        entries[0]["resource"]["response"]["details"] = {"reference": f"urn:uuid:{outcome_id}"}
-        outcome = {**operation_outcome(issues), "id": outcome_id}
-        entries.append({"fullUrl": f"urn:uuid:{outcome_id}", "resource": outcome})
-    else:
-        for index, issues in warnings.items():
-            if index < len(entries) and isinstance(entries[index].get("response"), dict):
-                entries[index]["response"]["outcome"] = operation_outcome(issues)
-    return FhirReply(reply.status, validate(body), reply.headers)
 
 
 def parse_if_none_exist(value: str) -> tuple[str, str]:
@@ -164,39 +95,6 @@ def parse_if_none_exist(value: str) -> tuple[str, str]:
     if not system or not ident:
         raise FhirError(400, "invalid", f"If-None-Exist {value!r} needs both a system and a value")
     return system, ident
-
-
-# A FHIR id (R4 ``id`` datatype): what an update URL's last part must be for the resource to be stored.
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-
-
-def check_update_targets(entries: list[dict[str, Any]]) -> None:
-    """Refuse (``FhirError`` 400) an update entry whose ``request.url`` names another resource type, or
-    an id that is not a FHIR id (``Patient/$x``): such a resource could never be stored, so the Bundle
-    is refused here rather than accepted and then failed by the mapper."""
-    for index, entry in enumerate(entries):
-        request = entry.get("request") or {}
-        url = request.get("url")
-        rtype = (entry.get("resource") or {}).get("resourceType")
-        if request.get("method") != "PUT" or not isinstance(url, str) or "?" in url or url.count("/") != 1:
-            continue
-        target_type, target_id = url.split("/", 1)
-        where = [f"Bundle.entry[{index}].request.url"]
-        if not FHIR_ID.fullmatch(target_id):
-            raise FhirError(
-                400,
-                "invalid",
-                f"Bundle.entry[{index}]: PUT {url!r}: {target_id!r} is not a FHIR id "
-                "(1-64 letters, digits, '-' or '.')",
-                expression=where,
-            )
-        if rtype and target_type != rtype:
-            raise FhirError(
-                400,
-                "invalid",
-                f"Bundle.entry[{index}]: PUT {url!r} holds a {rtype}, not a {target_type}",
-                expression=where,
-            )
 
 
 class FhirIntake:
@@ -272,8 +170,8 @@ class FhirIntake:
     def _resource_headers(self, doc: Document) -> dict[str, str]:
         return {
             "Location": f"{self._base}/{doc['type']}/{doc['id']}/_history/{doc['version']}",
-            "ETag": _etag(doc["version"]),
-            "Last-Modified": _http_date(doc["last_updated"]),
+            "ETag": etag(doc["version"]),
+            "Last-Modified": http_date(doc["last_updated"]),
         }
 
     async def create(
@@ -298,6 +196,9 @@ class FhirIntake:
         header: dict[str, Any] = {"interaction": "create", "resource_type": resource_type}
         data = await self._validated(body, content_type, resource_type, caller, peer, header)
         data, invalid = check_nhs_numbers(data)
+        # Stored as the mapper would store it (UK Core profile, the patient linked by NHS number), so
+        # version 1 is the normalised resource and the mapper never writes a version 2 just to add them.
+        data, _ = normalised(data)
         warnings = [finding.issue() for finding in invalid]
         try:
             try:
@@ -333,7 +234,7 @@ class FhirIntake:
         """Whether version 1 of ``rid`` holds ``data``: the same create again, after the mapper has since
         normalised the resource (profile, patient link) or the pathway moved it on."""
         first = await self._resources.vread(resource_type, rid, "1")
-        return first is not None and content_of(first["resource"]) == content_of(data)
+        return first is not None and _same_create(first["resource"], data)
 
     async def _owned_legacy(self, resource_type: str, data: Resource, scoped: str, caller: Caller) -> str | None:
         """The unscoped id a resource was stored under before ids were scoped, when it exists and this
@@ -393,18 +294,19 @@ class FhirIntake:
         header: dict[str, Any],
         warnings: list[dict[str, Any]] | None = None,
     ) -> FhirReply:
-        """Create version 1 of ``rid``, or answer with the stored one if it has the same content.
+        """Create version 1 of ``rid`` (with its "created" event, through the one write path), or answer
+        with the stored one if it has the same content.
 
         Concurrent creates of one id conflict in MongoDB (a duplicate key, or a transaction write
-        conflict); the losers back off and then find the winner's resource. ``FhirError`` 409 if the id
-        holds other content; ``PyMongoError`` if the database fails.
+        conflict); the losers back off and then find the winner's resource (``shared.retry``).
+        ``FhirError`` 409 if the id holds other content or kept being written; ``PyMongoError`` if the
+        database fails otherwise.
         """
-        for attempt in range(CREATE_ATTEMPTS):
+
+        async def once() -> FhirReply:
             existing = await self._resources.read(resource_type, rid)
             if existing is not None:
-                if content_of(existing["resource"]) == content_of(data) or await self._created_as(
-                    resource_type, rid, data
-                ):
+                if _same_create(existing["resource"], data) or await self._created_as(resource_type, rid, data):
                     return self._existing_reply(existing)  # the same create again: idempotent
                 raise FhirError(
                     409,
@@ -414,35 +316,41 @@ class FhirIntake:
                 )
             record = self._record(body, caller, peer, {**header, "id": rid})
             now = record["received_at"]
-            resource = validate(stamp(data, rid, 1, now, f"urn:uuid:{uuid.UUID(record['_id'])}"))
+            new = next_version(
+                None,
+                {**data, "id": rid},
+                now=now,
+                source=source_of(record["_id"], "urn:mscc:intake"),
+                message_id=record["_id"],
+                source_time=now,
+            )
+            assert new is not None  # a first version is always a change
             record.update(status="ready", issues=warnings or [], fhir={"resources": [f"{resource_type}/{rid}"]})
-            try:
-                await self._write_created(record, resource, now)
-            except DuplicateKeyError:
-                continue  # created concurrently: answer from what is stored now
-            except PyMongoError as exc:
-                if not (exc.has_error_label("TransientTransactionError") or _write_conflict(exc)):
-                    raise
-                await _backoff(attempt)  # another create of this id is in flight: let it finish
-                continue
+            await self._write_created(record, new)
             return FhirReply(
                 201,
-                resource,
+                new.current.resource,
                 {
                     "Location": f"{self._base}/{resource_type}/{rid}/_history/1",
-                    "ETag": _etag(1),
-                    "Last-Modified": _http_date(now),
+                    "ETag": etag(1),
+                    "Last-Modified": http_date(now),
                 },
             )
-        raise FhirError(409, "conflict", f"{resource_type}/{rid} is being written concurrently: try again")
 
-    async def _write_created(self, record: Document, resource: Resource, now: datetime) -> None:
+        try:
+            return await run_transaction(once, CREATE_RETRY, what=f"creating {resource_type}/{rid}")
+        except TransientError as exc:
+            raise FhirError(409, "conflict", f"{resource_type}/{rid} is being written concurrently: try again") from exc
+
+    async def _write_created(self, record: Document, new: NewVersion) -> None:
+        """The message record (queued for the mapper, which derives what the resource implies) and
+        version 1 with its "created" event, in one transaction."""
         async with (
             self._store.client.start_session() as session,
             await session.start_transaction(write_concern=DURABLE),
         ):
             await self._store.messages.insert_one(record, session=session)
-            await self._resources.insert_version(resource, 1, now, session)
+            await write_versions(self._store, [new], session=session)
 
     async def post_bundle(self, body: bytes, content_type: str | None, caller: Caller, peer: str) -> FhirReply:
         """Store a transaction, batch or message Bundle for the mapper and answer with its receipt."""
@@ -476,13 +384,12 @@ class FhirIntake:
             body, caller, peer, {**header, "bundle_type": bundle_type, "message_header": first.get("id")}
         )
         plan = [
-            self._plan_entry(entry, caller.ods_code) | self._refused(refusals.get(index))
-            for index, entry in enumerate(entries)
+            plan_entry(entry, caller.ods_code) | refused(refusals.get(index)) for index, entry in enumerate(entries)
         ]
         reply = (
-            self._message_response(data, first, record["_id"])
+            message_response(data, first, record["_id"], self._base, self._clock())
             if bundle_type == "message"
-            else self._transaction_receipt(bundle_type, plan)
+            else transaction_receipt(bundle_type, plan)
         )
         warnings = nhs_number_warnings(entries)
         # A refused entry is answered with its refusal alone (nothing of it is applied); a message entry
@@ -497,7 +404,7 @@ class FhirIntake:
             fhir={"bundle_type": bundle_type, "entries": plan},
             reply={"status": reply.status, "body": reply.body},
         )
-        key = self._bundle_key(data, first, bundle_type, caller.ods_code)
+        key = bundle_key(data, first, bundle_type, caller.ods_code)
         if key:
             record["dedup_key"] = key
         try:
@@ -513,94 +420,6 @@ class FhirIntake:
             stored["reply"]["body"],
             {"X-Message-Id": stored["_id"]} | ({"X-Duplicate": "true"} if not committed.inserted else {}),
         )
-
-    @staticmethod
-    def _bundle_key(data: Resource, first: Resource, bundle_type: str, ods_code: str) -> str | None:
-        """Resending the same Bundle (same identifier from the same organisation, or same MessageHeader
-        id) is a duplicate; another trust's Bundle with the same identifier is not."""
-        ids = business_identifiers(data)
-        if ids:
-            return f"fhir|bundle|{identifier_scope(ids[0][0], ods_code)}|{ids[0][1]}"
-        if bundle_type == "message" and first.get("id"):
-            return f"fhir|message|{first['id']}"
-        return None
-
-    @staticmethod
-    def _plan_entry(entry: dict[str, Any], ods_code: str) -> dict[str, Any]:
-        """The id this hub gives an entry's resource, so the mapper and the receipt agree on it (from its
-        business identifiers, scoped by the caller's organisation ``ods_code``: ``business_id``)."""
-        resource = entry.get("resource") or {}
-        request = entry.get("request") or {}
-        method, url = request.get("method"), request.get("url", "")
-        rtype = resource.get("resourceType")
-        assigned = None
-        if rtype and method == "PUT" and "?" not in url and url.count("/") == 1:
-            assigned = url.split("/", 1)[1]
-        elif rtype and method in (None, "POST"):
-            assigned = business_id(rtype, resource, ods_code) or resource.get("id") or str(uuid.uuid4())
-        return {"fullUrl": entry.get("fullUrl"), "method": method, "url": url or None, "type": rtype, "id": assigned}
-
-    @staticmethod
-    def _refused(refusal: EntryRefusal | None) -> dict[str, Any]:
-        """What the plan records for an entry that is not carried out: no id (the mapper skips it) and why."""
-        return {} if refusal is None else {"id": None, "refused": refusal.to_doc()}
-
-    @staticmethod
-    def _transaction_receipt(bundle_type: str, plan: list[dict[str, Any]]) -> FhirReply:
-        """202 for the Bundle; per entry "202 Accepted" with the id it will have, or, for a batch entry
-        that is not carried out, its own error status with an OperationOutcome."""
-        entries = []
-        for index, item in enumerate(plan):
-            if item.get("refused"):
-                refusal = EntryRefusal(index, item["refused"]["status"], item["refused"]["issues"])
-                entries.append({"response": refusal.response()})
-                continue
-            response: dict[str, Any] = {"status": "202 Accepted"}
-            if item["type"] and item["id"]:
-                response["location"] = f"{item['type']}/{item['id']}"
-            entries.append({"response": response})
-        body = validate({"resourceType": "Bundle", "type": f"{bundle_type}-response", "entry": entries})
-        return FhirReply(202, body)
-
-    def _message_response(self, data: Resource, request_header: Resource, record_id: str) -> FhirReply:
-        now = self._clock().isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        header: Resource = {
-            "resourceType": "MessageHeader",
-            "id": str(uuid.uuid4()),
-            "source": {"endpoint": self._base},
-            "response": {"identifier": request_header.get("id") or data.get("id") or record_id, "code": "ok"},
-        }
-        if "eventCoding" in request_header:
-            header["eventCoding"] = request_header["eventCoding"]
-        else:
-            header["eventUri"] = request_header.get("eventUri", "urn:mscc:event:acknowledgement")
-        body = validate(
-            {
-                "resourceType": "Bundle",
-                "id": str(uuid.UUID(record_id)),
-                "type": "message",
-                "timestamp": now,
-                "entry": [{"fullUrl": f"urn:uuid:{header['id']}", "resource": header}],
-            }
-        )
-        return FhirReply(200, body)
-
-    async def read(self, resource_type: str, rid: str, version: str | None = None) -> FhirReply:
-        """The current (or one) version; ``FhirError`` 404 if unknown, 503 if the database fails."""
-        try:
-            doc = (
-                await self._resources.vread(resource_type, rid, version)
-                if version
-                else await self._resources.read(resource_type, rid)
-            )
-        except PyMongoError as exc:
-            raise _unavailable(f"{resource_type}/{rid} not read", exc) from exc
-        if doc is None:
-            what = f"{resource_type}/{rid}" + (f"/_history/{version}" if version else "")
-            raise FhirError(404, "not-found", f"{what} is not known")
-        reply = self._existing_reply(doc)
-        reply.headers.pop("Location")
-        return reply
 
 
 def capability_version() -> str:

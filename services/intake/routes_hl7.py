@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from .deps import CallerDep, Intake, Peer, read_body
+from shared.http_server import CallerDep, Peer, read_body
+
+from .deps import Intake
 
 router = APIRouter(tags=["HL7v2"])
 

@@ -1,4 +1,6 @@
-"""The intake service: its group committer, HL7v2 and FHIR intakes and MLLP listener, started together."""
+"""The intake service: its group committer, HL7v2 and FHIR intakes and MLLP listener, started together.
+
+Inbound flows only: the HTTP API that serves intake's routes (and the read side) is ``services/api/``."""
 
 from __future__ import annotations
 
@@ -8,10 +10,8 @@ from datetime import datetime
 from shared.settings import Settings
 from shared.store import Store
 
-from ..pathway.service import PathwayService
 from .committer import GroupCommitter
 from .fhir_intake import FhirIntake
-from .fhir_reads import FhirReads
 from .hl7_intake import Hl7Intake, IntakeConfig
 from .mllp_server import MllpServer
 from .policy import load_policy
@@ -23,6 +23,7 @@ class IntakeService:
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], datetime] | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.clock = clock  # the API built over this service gives its pathway the same clock
         self.committer = GroupCommitter(
             store.messages, max_batch=settings.commit_max_batch, max_concurrent=settings.commit_max_concurrent
         )
@@ -34,8 +35,6 @@ class IntakeService:
         )
         self.hl7 = Hl7Intake(self.committer, load_policy(settings.senders_file), config, clock)
         self.fhir = FhirIntake(store, self.committer, settings.base_url, clock)
-        self.reads = FhirReads(store, settings.base_url)
-        self.pathway = PathwayService(store, clock)
         self.mllp = MllpServer(self.hl7, settings)
 
     async def start(self, *, mllp: bool = True) -> None:

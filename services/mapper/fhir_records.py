@@ -1,10 +1,13 @@
-"""FHIR messages to resources: a created ServiceRequest, and transaction / batch / message Bundles.
+"""FHIR messages to resources: what a created resource implies, and transaction / batch / message Bundles.
 
 Intake already validated each body and gave every entry's resource its id (``fhir.entries`` on the
 record: fullUrl, method, url, type, id). Here each supported entry becomes a resource with that id,
 ``urn:uuid:`` and other fullUrl references between entries are rewritten to ``Type/id``, and the UK
 Core profile is added. Entries that are not resources to store (DELETE, GET, conditional requests,
 operations, unsupported types) are reported as unmapped, never dropped silently.
+
+A resource created through ``POST /fhir/{type}`` was stored by intake (version 1, normalised the same
+way, with its "created" event): ``map_created`` only derives what it implies, never a second version.
 
 FHIR resources then meet HL7v2 ones (``normalise``): an NHS number failing the check is moved to the
 local invalid-number system (a warning, never an NHS number), and a subject given by a valid NHS number
@@ -13,8 +16,6 @@ is linked to the Patient every route gives that number, created when absent and 
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -22,35 +23,19 @@ from typing import Any
 
 from services.pathway.data_quality import requester_organisation
 from services.pathway.hna import plan_issues
-from shared.nhs import NHS_NUMBER_SYSTEM, check_nhs_numbers, is_valid_nhs_number, nhs_patient_id
+from shared.nhs import check_nhs_numbers
+from shared.normalise import UK_CORE as UK_CORE
+from shared.normalise import link_patient, with_profile
 from shared.store import Document
 from shared.stored_types import STORED_TYPES
 
 from .model import MappingError, MappingResult, OutcomeIssue, Patch, Resource, issue
 
-UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/UKCore-"
 # Envelope resources of a message Bundle: consumed by the messaging layer, not stored as resources.
 ENVELOPE_TYPES = ("MessageHeader",)
 
 # What a stored resource implies (pathway.derive): given the resource and when the hub received it.
 Derive = Callable[[Resource, datetime | None], tuple[list[Resource], list[Patch]]]
-# Elements that name the patient a resource is about; a reference by NHS number is linked to the Patient.
-_SUBJECT_ELEMENTS = ("subject", "patient")
-
-
-def with_profile(resource: Resource) -> Resource:
-    """The resource with its UK Core profile in ``meta.profile`` (kept once, other profiles kept)."""
-    out = copy.deepcopy(resource)
-    meta = dict(out.get("meta") or {})
-    profile = f"{UK_CORE}{out['resourceType']}"
-    profiles = list(meta.get("profile") or [])
-    if profile not in profiles:
-        profiles.append(profile)
-    meta["profile"] = profiles
-    for server_field in ("versionId", "lastUpdated", "source"):
-        meta.pop(server_field, None)
-    out["meta"] = meta
-    return out
 
 
 def _rewrite_references(value: Any, targets: dict[str, str]) -> Any:
@@ -74,52 +59,6 @@ def _source_time(data: Resource, received: datetime | None) -> datetime | None:
         except ValueError:
             pass
     return received
-
-
-def _patient_of(number: str) -> Resource:
-    return {
-        "resourceType": "Patient",
-        "id": nhs_patient_id(number),
-        "meta": {"profile": [f"{UK_CORE}Patient"]},
-        "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": number}],
-    }
-
-
-def _create_only(number: str, current: Resource | None) -> Resource:
-    # A patient named only by NHS number says nothing else about them: what is stored stays as it is.
-    return current if current is not None else _patient_of(number)
-
-
-def patient_patch(number: str) -> Patch:
-    """The Patient with this (valid) NHS number, created when absent and never overwritten."""
-    return Patch(
-        "Patient",
-        nhs_patient_id(number),
-        functools.partial(_create_only, number),
-        "patient named by NHS number in a FHIR reference",
-        ordered=False,
-    )
-
-
-def link_patient(resource: Resource) -> tuple[Resource, list[Patch]]:
-    """``subject`` / ``patient`` given only by a valid NHS number gets ``reference: Patient/{id}`` (the id
-    every route gives that NHS number, ``shared.nhs.nhs_patient_id``), plus a patch creating that Patient
-    when it is absent. References (to a stored or a same-Bundle Patient) are left as they are; so is
-    any other identifier, which cannot say which patient it means across trusts."""
-    out, patches = resource, []
-    for element in _SUBJECT_ELEMENTS:
-        value = resource.get(element)
-        if not isinstance(value, dict) or value.get("reference"):
-            continue
-        ident = value.get("identifier")
-        if not isinstance(ident, dict) or ident.get("system") != NHS_NUMBER_SYSTEM:
-            continue
-        number = str(ident.get("value") or "")
-        if not is_valid_nhs_number(number):
-            continue  # check_nhs_numbers has demoted it already; this is only a guard
-        out = {**out, element: {**value, "reference": f"Patient/{nhs_patient_id(number)}"}}
-        patches.append(patient_patch(number))
-    return out, patches
 
 
 def normalise(resource: Resource, result: MappingResult, where: str | None = None) -> tuple[Resource, list[Patch]]:
@@ -150,8 +89,13 @@ def referral_issues(resource: Resource, where: str | None = None) -> list[Outcom
 
 
 def map_created(record: Document, derive: Derive) -> MappingResult:
-    """A resource created through the FHIR API: normalised (UK Core profile, NHS numbers checked, the
-    patient linked) plus what it implies."""
+    """What a resource created through the FHIR API implies (the assessment Encounter, the pathway
+    CarePlan, the data-quality Task, the Patient its NHS number names, an HNA's support plan).
+
+    The resource itself is not among the results: intake stored it, normalised as here
+    (``shared.normalise``), as version 1 with its "created" event. It is normalised again from the
+    record's body (the same pure functions, so the same content) only to derive from it.
+    """
     data: Resource = json.loads(record["raw"])
     rid = record["header"]["id"]
     received = record.get("received_at")
@@ -160,7 +104,7 @@ def map_created(record: Document, derive: Derive) -> MappingResult:
     implied, patches = derive(resource, received)
     result.issues += plan_issues(resource)  # an HNA without its support plan says why
     result.issues += referral_issues(resource)
-    result.resources += [resource, *implied]
+    result.resources += implied
     result.patches += [*patient_patches, *patches]
     return result
 

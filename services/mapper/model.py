@@ -18,6 +18,9 @@ from shared.patches import Patch as Patch
 from shared.patches import Resource as Resource
 from shared.patches import issue as issue
 
+# A failure that a later attempt may not meet (the database, a timeout): the hub's one such error.
+from shared.retry import TransientError as TransientError
+
 
 class MappingError(Exception):
     """The message cannot be mapped; ``issues`` say why (as OperationOutcome issues)."""
@@ -32,10 +35,6 @@ class MappingError(Exception):
     ) -> None:
         super().__init__(diagnostics)
         self.issues = issues or [issue("error", code, diagnostics, expression)]
-
-
-class TransientError(Exception):
-    """A failure that a later attempt may not meet (the database, a timeout)."""
 
 
 @dataclass

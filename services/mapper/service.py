@@ -9,13 +9,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pymongo.errors import DuplicateKeyError
-
 from services.pathway.hna import questionnaire
-from shared.fhir import validate
-from shared.resources import content_of, stamp, version_documents
-from shared.store import Store
+from shared.retry import run_transaction
+from shared.store import DURABLE, Store
 from shared.supervision import Heartbeat
+from shared.versions import next_version, read_version, write_versions
 
 from .dispatch import make_mapper
 from .hl7.config import MappingConfig
@@ -26,20 +24,26 @@ log = logging.getLogger(__name__)
 
 
 async def publish(store: Store, resource: Resource, now: datetime) -> int:
-    """Store a resource the hub itself defines (new version only when its definition changed)."""
+    """Store a resource the hub itself defines (new version only when its definition changed); its
+    version. No outbox event: nobody subscribes to the hub's own definitions. Processes publishing at
+    once conflict; the loser reads again and finds the definition written (``TransientError`` if the
+    database keeps failing)."""
     key = f"{resource['resourceType']}/{resource['id']}"
-    current = await store.resources.find_one({"_id": key})
-    if current and content_of(current["resource"]) == content_of(resource):
-        return int(current["version"])
-    version = int(current["version"]) + 1 if current else 1
-    stamped = validate(stamp(resource, resource["id"], version, now, "urn:mscc:hub"))
-    doc, history = version_documents(stamped, version, now)
-    try:
-        await store.history.insert_one(history)
-    except DuplicateKeyError:
-        return version  # another process published the same version first
-    await store.resources.replace_one({"_id": key}, doc, upsert=True)
-    return version
+
+    async def once() -> int:
+        current = read_version(await store.resources.find_one({"_id": key}))
+        new = next_version(current, resource, now=now, source="urn:mscc:hub", message_id=None, event=False)
+        if new is None:
+            assert current is not None
+            return current.version
+        async with (
+            store.client.start_session() as session,
+            await session.start_transaction(write_concern=DURABLE),
+        ):
+            await write_versions(store, [new], session=session)
+        return new.current.version
+
+    return await run_transaction(once, what=f"publishing {key}")
 
 
 def load_mapping(path: Path | None) -> MappingConfig | None:

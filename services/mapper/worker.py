@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,9 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WriteConcernError
 
+from shared.records import MessageOutcome
+from shared.retry import Backoff, retryable
+from shared.settings import Settings
 from shared.store import Document, Store
 from shared.supervision import Heartbeat
 
@@ -60,6 +62,19 @@ class WorkerConfig:
     backoff_max_s: float = 300.0
     idle_poll_s: float = 0.5
     future_skew_s: float = 300.0  # see ResourceWriter: a message time further ahead is not trusted
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerConfig:
+        """The worker's configuration from ``MSCC_MAPPER_*`` (the defaults above are the settings')."""
+        return cls(
+            batch_size=settings.mapper_batch_size,
+            lease_s=settings.mapper_lease_s,
+            max_attempts=settings.mapper_max_attempts,
+            backoff_base_s=settings.mapper_backoff_base_s,
+            backoff_max_s=settings.mapper_backoff_max_s,
+            idle_poll_s=settings.mapper_idle_poll_s,
+            future_skew_s=settings.mapper_future_skew_s,
+        )
 
 
 @dataclass
@@ -84,6 +99,7 @@ class MapperWorker:
         self._config = config or WorkerConfig()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._writer = ResourceWriter(store, self._clock, timedelta(seconds=self._config.future_skew_s))
+        self._backoff = Backoff(self._config.backoff_base_s, self._config.backoff_max_s)
         self.owner = f"mapper-{uuid.uuid4().hex[:12]}"
         self.stats = WorkerStats()
 
@@ -158,7 +174,7 @@ class MapperWorker:
                 UpdateOne(
                     {"_id": doc["_id"], "lease.owner": token},
                     {
-                        "$set": {"status": "dead", "processing": {"status": "dead", "at": now, "outcome": outcome}},
+                        "$set": {"status": "dead", "processing": _outcome("dead", now, outcome)},
                         "$unset": {"lease": "", "next_attempt_at": ""},
                     },
                 )
@@ -234,11 +250,7 @@ class MapperWorker:
                 {
                     "$set": {
                         "status": "failed",
-                        "processing": {
-                            "status": "failed",
-                            "at": now,
-                            "outcome": {"resourceType": "OperationOutcome", "issue": issues},
-                        },
+                        "processing": _outcome("failed", now, {"resourceType": "OperationOutcome", "issue": issues}),
                     },
                     "$unset": {"lease": "", "next_attempt_at": ""},
                 },
@@ -256,18 +268,17 @@ class MapperWorker:
             outcome = {"resourceType": "OperationOutcome", "issue": [issue("error", "transient", reason)]}
             if attempts >= self._config.max_attempts:
                 update = {
-                    "$set": {"status": "dead", "processing": {"status": "dead", "at": now, "outcome": outcome}},
+                    "$set": {"status": "dead", "processing": _outcome("dead", now, outcome)},
                     "$unset": {"lease": "", "next_attempt_at": ""},
                 }
                 self.stats.dead += 1
             else:
-                delay = min(self._config.backoff_max_s, self._config.backoff_base_s * 2 ** (attempts - 1))
-                delay *= random.uniform(0.5, 1.0)
+                delay = self._backoff.delay(attempts)
                 update = {
                     "$set": {
                         "status": "ready",
                         "next_attempt_at": now + timedelta(seconds=delay),
-                        "processing": {"status": "retrying", "at": now, "outcome": outcome},
+                        "processing": _outcome("retrying", now, outcome),
                     },
                     "$unset": {"lease": ""},
                 }
@@ -301,12 +312,18 @@ class MapperWorker:
         return self.stats
 
 
+def _outcome(status: str, now: datetime, outcome: dict[str, Any]) -> Document:
+    """A message record's ``processing`` when it was not mapped: why, as an OperationOutcome."""
+    return MessageOutcome(status, now, outcome=outcome).to_doc()
+
+
 def _database_fault(error: Exception) -> bool:
     """Whether ``error`` says the database could not be used (retry the whole batch later) rather than
     that something in the batch cannot be written (find the culprit)."""
     cause = error.__cause__ if isinstance(error, TransientError) else error
     if cause is None:
-        return True  # the writer gave up after repeated conflicts: contention, not content
+        return True
     if isinstance(cause, (ConnectionFailure, WriteConcernError, ExecutionTimeout)):
         return True
-    return isinstance(cause, PyMongoError) and cause.has_error_label("TransientTransactionError")
+    # The writer gave up after repeated conflicts (its last one is the cause): contention, not content.
+    return retryable(cause)

@@ -28,69 +28,36 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import logging
-import random
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import InsertOne, ReplaceOne, UpdateOne
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from services.pathway.record import keep_pathway
 from services.pathway.table import service_ods
-from shared.fhir import business_identifiers, validate
 from shared.ids import identifier_key
 from shared.nhs import NHS_NUMBER_SYSTEM
-from shared.resources import content_of, stamp
-from shared.review import NEEDS_REVIEW
+from shared.retry import TransactionRetry, run_transaction
 from shared.review_task import review_task, review_task_id
 from shared.store import DURABLE, Document, Store
+from shared.versions import NewVersion, next_version, read_version, source_of, write_versions
 
 from .matching import Candidates, matching_identifiers, merge_patient, replaced_by, resolve
 from .model import MappingResult, OutcomeIssue, Patch, Resource, TransientError, issue
+from .outcomes import Written, outcome_update
+from .retarget import keep_links, retarget, retarget_patch
 
 log = logging.getLogger(__name__)
-ATTEMPTS = 10  # hot resources (one patient, many messages) make concurrent writers conflict
+# Hot resources (one patient, many messages) make concurrent writers conflict: more, longer pauses.
+RETRY = TransactionRetry(attempts=10, low_s=0.01, high_s=0.05)
 DEFAULT_FUTURE_SKEW = timedelta(minutes=5)
-
-
-class Conflict(Exception):
-    """Another writer changed a resource this batch read: retry the batch from a fresh read."""
-
-
-@dataclass(frozen=True)
-class Written:
-    """What one message did to one resource."""
-
-    type: str
-    id: str
-    version: int
-    changed: bool
-    stale: bool = False
-
-    def to_doc(self) -> dict[str, Any]:
-        return {"type": self.type, "id": self.id, "version": self.version, "changed": self.changed, "stale": self.stale}
 
 
 def _key(resource_type: str, resource_id: str) -> str:
     return f"{resource_type}/{resource_id}"
-
-
-def _keep_links(current: Resource | None, new: Resource) -> Resource:
-    """A patient merge recorded in ``link`` survives later messages that do not mention it."""
-    if not current or new.get("resourceType") != "Patient" or not current.get("link"):
-        return new
-    links = list(new.get("link") or [])
-    seen = {(link.get("other", {}).get("reference"), link.get("type")) for link in links}
-    for link in current["link"]:
-        if (link.get("other", {}).get("reference"), link.get("type")) not in seen:
-            links.append(link)
-    return {**new, "link": links}
 
 
 @dataclass
@@ -98,9 +65,7 @@ class _Batch:
     now: datetime
     current: dict[str, Document]
     read_versions: dict[str, int]
-    history: list[Document]
-    outbox: list[Document]
-    changed: set[str]
+    versions: list[NewVersion]
     # Patient identifier key -> keys ("Patient/id") of the Patients holding it, as of this batch.
     patients_by_identifier: dict[str, set[str]] = field(default_factory=dict)
     # Per message: issues the writer adds (a future message time) and the conflicts that held it.
@@ -112,37 +77,6 @@ class _Batch:
             return
         for k in doc.get("identifier_keys") or []:
             self.patients_by_identifier.setdefault(k, set()).add(doc["_id"])
-
-
-def _retarget(value: Any, aliases: dict[str, str]) -> Any:
-    """``value`` with every reference to an aliased Patient (and an aliased Patient's own id) replaced."""
-    if isinstance(value, dict):
-        out = {k: _retarget(v, aliases) for k, v in value.items()}
-        ref = out.get("reference")
-        if isinstance(ref, str) and ref in aliases:
-            out["reference"] = aliases[ref]
-        if out.get("resourceType") == "Patient" and f"Patient/{out.get('id')}" in aliases:
-            out["id"] = aliases[f"Patient/{out['id']}"].removeprefix("Patient/")
-        return out
-    if isinstance(value, list):
-        return [_retarget(v, aliases) for v in value]
-    return value
-
-
-def _retarget_patch(patch: Patch, aliases: dict[str, str]) -> Patch:
-    key = aliases.get(f"{patch.resource_type}/{patch.resource_id}")
-    target = key.removeprefix("Patient/") if key else patch.resource_id
-
-    def apply(current: Resource | None) -> Resource:
-        return dict(_retarget(patch.apply(current), aliases))
-
-    def apply_with(current: Resource | None, context: Mapping[str, Resource]) -> Resource:
-        assert patch.apply_with is not None
-        return dict(_retarget(patch.apply_with(current, context), aliases))
-
-    return dataclasses.replace(
-        patch, resource_id=target, apply=apply, apply_with=apply_with if patch.apply_with else None
-    )
 
 
 def _run_patch(batch: _Batch, patch: Patch) -> Resource:
@@ -171,16 +105,10 @@ class ResourceWriter:
 
         Retries conflicts with backoff; ``TransientError`` if the database keeps failing.
         """
-        last: Exception | None = None
-        for attempt in range(ATTEMPTS):
-            try:
-                return await self._commit_once(mapped, owner)
-            except (Conflict, PyMongoError) as exc:
-                if isinstance(exc, PyMongoError) and not _retryable(exc):
-                    raise TransientError(f"database error while writing resources: {exc}") from exc
-                last = exc
-                await asyncio.sleep(random.uniform(0.01, 0.05) * 2**attempt)
-        raise TransientError(f"resources not written after {ATTEMPTS} attempts: {last}")
+        try:
+            return await run_transaction(lambda: self._commit_once(mapped, owner), RETRY, what="writing resources")
+        except PyMongoError as exc:
+            raise TransientError(f"database error while writing resources: {exc}") from exc
 
     async def _commit_once(self, mapped: list[tuple[Document, MappingResult]], owner: str) -> dict[str, list[Written]]:
         keys = {_key(r["resourceType"], r["id"]) for _, res in mapped for r in res.resources}
@@ -208,7 +136,7 @@ class ResourceWriter:
             if missing:
                 async for doc in self._store.resources.find({"_id": {"$in": sorted(missing)}}):
                     current.setdefault(doc["_id"], doc)
-        batch = _Batch(self._clock(), current, {k: d["version"] for k, d in current.items()}, [], [], set())
+        batch = _Batch(self._clock(), current, {k: d["version"] for k, d in current.items()}, [])
         for doc in current.values():
             batch.index_patient(doc)
         written: dict[str, list[Written]] = {}
@@ -216,7 +144,7 @@ class ResourceWriter:
             written[message["_id"]] = self._apply_message(batch, message, result)
         async with self._store.client.start_session() as session:
             async with await session.start_transaction(write_concern=DURABLE):
-                await self._write(batch, session)
+                await write_versions(self._store, batch.versions, session=session)
                 await self._finish_messages(mapped, written, owner, batch, session)
         return written
 
@@ -236,8 +164,8 @@ class ResourceWriter:
             task = review_task(message_id, message.get("header") or {}, diagnostics, service_ods(), batch.now)
             self._apply(batch, task, message, None)
             return []
-        resources = [_retarget(r, aliases) for r in result.resources] if aliases else result.resources
-        patches = [_retarget_patch(p, aliases) for p in result.patches] if aliases else result.patches
+        resources = [retarget(r, aliases) for r in result.resources] if aliases else result.resources
+        patches = [retarget_patch(p, aliases) for p in result.patches] if aliases else result.patches
         out = [self._apply(batch, r, message, source_time) for r in resources]
         for patch in patches:
             patched = _run_patch(batch, patch)
@@ -337,70 +265,23 @@ class ResourceWriter:
         previous = cur["resource"] if cur else None
         if rtype == "Patient":
             resource = merge_patient(previous, resource)
-        resource = keep_pathway(previous, _keep_links(previous, resource))
-        if cur and content_of(cur["resource"]) == content_of(resource):
-            return Written(rtype, rid, cur["version"], changed=False)
-        version = cur["version"] + 1 if cur else 1
-        stamped = validate(stamp(resource, rid, version, batch.now, f"urn:uuid:{uuid.UUID(message['_id'])}"))
+        resource = keep_pathway(previous, keep_links(previous, resource))
         newest = max((t for t in (source_time, stored_time) if t), default=None)
-        keys = [identifier_key(rtype, s, v) for s, v in business_identifiers(stamped)]
-        batch.current[key] = {
-            "_id": key,
-            "type": rtype,
-            "id": rid,
-            "version": version,
-            "last_updated": batch.now,
-            "identifier_keys": keys,
-            "source_time": newest,
-            "resource": stamped,
-        }
-        batch.history.append(
-            {
-                "_id": f"{key}/_history/{version}",
-                "type": rtype,
-                "id": rid,
-                "version": version,
-                "last_updated": batch.now,
-                "message_id": message["_id"],
-                "resource": stamped,
-            }
+        new = next_version(
+            read_version(cur),
+            resource,
+            now=batch.now,
+            source=source_of(message["_id"], "urn:mscc:mapper"),
+            message_id=message["_id"],
+            source_time=newest,
         )
-        batch.outbox.append(
-            {
-                "_id": f"{key}/_history/{version}",
-                "type": rtype,
-                "id": rid,
-                "version": version,
-                "kind": "created" if version == 1 else "updated",
-                "created_at": batch.now,
-                "message_id": message["_id"],
-                "status": "ready",
-            }
-        )
-        batch.changed.add(key)
+        if new is None:
+            assert cur is not None
+            return Written(rtype, rid, cur["version"], changed=False)
+        batch.current[key] = new.current.to_doc()
+        batch.versions.append(new)
         batch.index_patient(batch.current[key])
-        return Written(rtype, rid, version, changed=True)
-
-    async def _write(self, batch: _Batch, session: Any) -> None:
-        if not batch.changed:
-            return
-        ops: list[InsertOne[Document] | ReplaceOne[Document]] = []
-        replaces = 0
-        for key in sorted(batch.changed):
-            doc = batch.current[key]
-            if key in batch.read_versions:
-                ops.append(ReplaceOne({"_id": key, "version": batch.read_versions[key]}, doc))
-                replaces += 1
-            else:
-                ops.append(InsertOne(doc))
-        try:
-            await self._store.history.insert_many(batch.history, ordered=True, session=session)
-            result = await self._store.resources.bulk_write(ops, ordered=True, session=session)
-            await self._store.outbox.insert_many(batch.outbox, ordered=True, session=session)
-        except BulkWriteError as exc:
-            raise Conflict(str(exc.details.get("writeErrors", exc))[:500]) from exc
-        if result.matched_count != replaces:
-            raise Conflict("a resource changed since it was read")
+        return Written(rtype, rid, new.current.version, changed=True)
 
     async def _finish_messages(
         self,
@@ -423,55 +304,19 @@ class ResourceWriter:
         )
         if marked.matched_count != len(ids):
             raise LeaseLost(f"{len(ids) - marked.matched_count} message(s) were claimed by another worker")
-        outcomes = [_outcome(message, mapping, written[message["_id"]], batch) for message, mapping in mapped]
+        outcomes = [
+            outcome_update(
+                message["_id"],
+                mapping,
+                written[message["_id"]],
+                batch.now,
+                batch.notes.get(message["_id"], []),
+                batch.held.get(message["_id"]),
+            )
+            for message, mapping in mapped
+        ]
         await self._store.messages.bulk_write(outcomes, ordered=False, session=session)
-
-
-def _outcome(message: Document, mapping: MappingResult, written: list[Written], batch: _Batch) -> UpdateOne:
-    """The processing record of one message: mapped (what was written), or held for review."""
-    issues = [*mapping.issues, *batch.notes.get(message["_id"], [])]
-    conflicts = batch.held.get(message["_id"])
-    if conflicts is None:
-        processing = {
-            "status": "mapped",
-            "at": batch.now,
-            "resources": [w.to_doc() for w in written],
-            "unmapped": mapping.unmapped,
-            "issues": issues,
-        }
-        return UpdateOne({"_id": message["_id"]}, {"$set": {"processing": processing}})
-    held = issue(
-        "error",
-        "conflict",
-        "held for review: the message's patient conflicts with the stored patient; nothing from it was "
-        "written. Apply it ('mscc messages apply') or reject it ('mscc messages reject').",
-    )
-    processing = {
-        "status": NEEDS_REVIEW,
-        "at": batch.now,
-        "resources": [],
-        "unmapped": mapping.unmapped,
-        "issues": issues,
-        "outcome": {"resourceType": "OperationOutcome", "issue": [held, *conflicts]},
-    }
-    update = {
-        "status": NEEDS_REVIEW,
-        "processing": processing,
-        "review.status": "pending",
-        "review.held_at": batch.now,
-        "review.task": f"Task/{review_task_id(message['_id'])}",
-    }
-    return UpdateOne({"_id": message["_id"]}, {"$set": update})
 
 
 class LeaseLost(Exception):
     """A message's lease expired and another worker took it: this worker's results are abandoned."""
-
-
-def _retryable(exc: PyMongoError) -> bool:
-    labels = getattr(exc, "has_error_label", None)
-    if labels and (
-        exc.has_error_label("TransientTransactionError") or exc.has_error_label("UnknownTransactionCommitResult")
-    ):
-        return True
-    return getattr(exc, "code", None) in (112, 251, 244)  # WriteConflict, NoSuchTransaction, TransactionAborted

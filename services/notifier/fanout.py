@@ -28,9 +28,7 @@ batch is abandoned whole (nothing half done) and tried again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,19 +37,22 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 
+from shared.retry import Backoff, Conflict, TransactionRetry, TransientError, run_transaction
 from shared.store import DURABLE, Document, Store
 
 from .matching import Matcher
 from .model import COLLECTING, ChangeEvent, Subscription, event_id
 
 log = logging.getLogger(__name__)
-ATTEMPTS = 5
+# Notifiers dispatching the same events conflict; the losers read again (the hub's transaction policy).
+RETRY = TransactionRetry(attempts=5)
+DUPLICATE_KEY = 11000
 FAILED = "failed"  # the fan-out failed on the event; it is tried again at ``next_attempt_at``
 DEAD = "dead"  # failed ``max_attempts`` times: kept, never dispatched
 MAX_RETRY_DELAY_S = 600.0
 
 
-class FanOutConflict(Exception):
+class FanOutConflict(Conflict):
     """Another notifier dispatched some of these events first: read again."""
 
 
@@ -95,17 +96,24 @@ class FanOut:
     async def run_once(self) -> int:
         """Dispatch one batch; the number of events dispatched or recorded as failed (0: none ready).
         Conflicts are retried; ``PyMongoError`` if the database keeps failing (nothing is half done)."""
-        for attempt in range(ATTEMPTS):
+
+        async def once() -> int:
             try:
                 return await self._dispatch()
-            except FanOutConflict:
-                self.conflicts += 1
             except PyMongoError as exc:
-                if attempt == ATTEMPTS - 1 or not _transient(exc):
-                    raise
-                self.conflicts += 1
-            await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
-        return 0
+                if _duplicate_delivery(exc):
+                    raise FanOutConflict(f"another notifier dispatched first: {exc}") from exc
+                raise
+
+        def counted(_: BaseException) -> None:
+            self.conflicts += 1
+
+        try:
+            return await run_transaction(once, RETRY, what="notifier fan-out", on_retry=counted)
+        except TransientError as exc:
+            if isinstance(exc.__cause__, PyMongoError):
+                raise exc.__cause__ from None  # the database keeps failing: the caller backs off
+            return 0  # other notifiers keep winning: they are doing the work
 
     async def _dispatch(self) -> int:
         now = self._clock()
@@ -245,7 +253,7 @@ class FanOut:
         attempts = int(previous.get("attempts") or 0) + 1
         dead = attempts >= self.max_attempts
         error = f"{type(item.error).__name__}: {item.error}"[:500]
-        delay = min(MAX_RETRY_DELAY_S, self.retry_s * 2 ** (attempts - 1))
+        delay = Backoff(self.retry_s, MAX_RETRY_DELAY_S, jitter=0.0).delay(attempts)
         what = (
             f"dead-lettered after {attempts} failed attempt(s): no subscriber is notified of this change"
             if dead
@@ -335,10 +343,6 @@ def _delivery(sub: Subscription, event: ChangeEvent, number: int, now: datetime)
     }
 
 
-def _transient(exc: PyMongoError) -> bool:
-    """Write conflicts, aborted transactions and duplicate delivery ids (another notifier won the race)."""
-    if getattr(exc, "has_error_label", None) and (
-        exc.has_error_label("TransientTransactionError") or exc.has_error_label("UnknownTransactionCommitResult")
-    ):
-        return True
-    return getattr(exc, "code", None) in (11000, 112, 251, 244)
+def _duplicate_delivery(exc: PyMongoError) -> bool:
+    """A delivery id written already: another notifier won the race for these events (read again)."""
+    return getattr(exc, "code", None) == DUPLICATE_KEY

@@ -2,7 +2,7 @@
 
 - The subscription must have started before the hub recorded the event, and not ended.
 - The topic decides on the focus at the event's version and the version before it (``topics.triggered``).
-- A filter on the focus's own type is a FHIR search (``services.intake.search.parse_search``) run on the
+- A filter on the focus's own type is a FHIR search (``shared.search.parse_search``) run on the
   focus at the event's version (``resource_history``, ``_id`` "Type/id/_history/N"), so a later change
   cannot decide about an earlier event; on the current version (``resources``) when the event names no
   version.
@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services.intake.search import parse_search
 from shared.fhir import Resource
+from shared.search import parse_search
 from shared.store import Store
 
 from .model import ChangeEvent, Filter, Subscription

@@ -13,9 +13,9 @@ import re
 from datetime import datetime
 from typing import Any
 
-from services.intake.search import CONTROL, ODS_SYSTEM, parse_search
 from shared.fhir import FhirError, Resource, validate
 from shared.nhs import looks_like_ods_code
+from shared.search import CONTROL, ODS_SYSTEM, parse_search
 from shared.store import Document
 
 from .backport import (

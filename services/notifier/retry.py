@@ -1,10 +1,11 @@
 """When to try a failed delivery again, and when to give up on it (dead-letter).
 
-Exponential backoff with jitter: attempt n waits ``base * 2**(n-1)`` seconds, capped at ``max_delay``,
-scaled by a random factor in [0.5, 1.0] so that receivers coming back up are not hit by every
-subscription at once. A receiver's ``Retry-After`` (429 and 503) replaces the backoff, capped at
-``retry_after_max``. A delivery is dead-lettered after ``max_attempts`` attempts, or when ``max_age``
-has passed since it was queued (or redelivered); no retry is scheduled past that age.
+Exponential backoff with jitter (the hub's job backoff, ``shared/retry.py``): attempt n waits
+``base * 2**(n-1)`` seconds, capped at ``max_delay``, scaled by a random factor in [0.5, 1.0] so that
+receivers coming back up are not hit by every subscription at once. A receiver's ``Retry-After``
+(429 and 503) replaces the backoff, capped at ``retry_after_max``. A delivery is dead-lettered after
+``max_attempts`` attempts, or when ``max_age`` has passed since it was queued (or redelivered); no retry
+is scheduled past that age.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from shared.retry import Backoff
 from shared.settings import Settings
 
 
@@ -41,8 +43,7 @@ class RetryPolicy:
         """Seconds to wait after the ``attempts``-th failed attempt."""
         if retry_after_s is not None:
             return min(max(retry_after_s, 0.0), self.retry_after_max_s)
-        backoff = min(self.max_delay_s, self.base_s * float(2 ** max(0, attempts - 1)))
-        return backoff * self.rng.uniform(0.5, 1.0)
+        return Backoff(self.base_s, self.max_delay_s, jitter=0.5, rng=self.rng).delay(attempts)
 
     def next_attempt(
         self, attempts: int, age_from: datetime, now: datetime, retry_after_s: float | None = None

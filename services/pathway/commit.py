@@ -1,34 +1,29 @@
-"""Writing new versions of resources the pathway changes, with one outbox event, in one transaction.
+"""Writing new versions of resources the pathway changes, with their outbox events, in one transaction.
 
-The document shapes are the mapper writer's (``services/mapper/writer.py``): the current version in
-``resources`` (replaced only if still at the version read), every version in ``resource_history``,
-and the event in ``outbox``. The inbound request (a PUT body, a $transition Parameters) is kept in
-``messages`` in the same transaction, status "applied" (never claimed by the mapper), so history and
-outbox name the message that caused them. Readers see all of it or none of it.
+The versions are built and written by the hub's one write path (``shared/versions.py``): the current
+version in ``resources`` (replaced only if still at the version read), every version in
+``resource_history``, and the events in ``outbox``. The inbound request (a PUT body, a $transition
+Parameters) is kept in ``messages`` in the same transaction, status "applied" (never claimed by the
+mapper), so history and outbox name the message that caused them. Readers see all of it or none of it.
+Conflicts are retried by the hub's one transaction policy (``shared/retry.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
-
-from shared.fhir import Resource, business_identifiers, validate
+from shared.fhir import Resource
 from shared.fhir_messages import fhir_record
-from shared.ids import identifier_key
-from shared.resources import stamp
+from shared.records import MessageOutcome
+from shared.retry import Conflict as Conflict
+from shared.retry import TransactionRetry
 from shared.store import DURABLE, Document, Store
+from shared.versions import NewVersion, next_version, read_version, write_versions
 
-ATTEMPTS = 8
-WRITE_CONFLICT = 112
-
-
-class Conflict(Exception):
-    """A resource changed between read and write: read again and retry."""
+# Two moves of one referral conflict; the loser re-reads and re-checks its move.
+RETRY = TransactionRetry(attempts=8)
 
 
 @dataclass(frozen=True)
@@ -45,83 +40,44 @@ def absent(resource_type: str, resource_id: str) -> Document:
     return {"_id": f"{resource_type}/{resource_id}", "type": resource_type, "id": resource_id, "version": 0}
 
 
-def new_version(change: Change, now: datetime, source: str, message_id: str | None) -> tuple[Document, Document]:
-    """The current and history documents of the next version; ``FhirError`` 400 if it is not valid."""
+def new_version(
+    change: Change,
+    now: datetime,
+    source: str,
+    message_id: str | None,
+    event: dict[str, Any] | None = None,
+) -> NewVersion | None:
+    """The next version of ``change`` with its event (``event``: the kind and facts of a transition or
+    an update; else "created"/"updated"), or None when the content is what is stored already.
+    ``FhirError`` 400 if it is not valid."""
     cur = change.current
-    rtype, rid, version = cur["type"], cur["id"], int(cur["version"]) + 1
-    resource = validate(stamp(change.content, rid, version, now, source))
-    key = f"{rtype}/{rid}"
-    current = {
-        "_id": key,
-        "type": rtype,
-        "id": rid,
-        "version": version,
-        "last_updated": now,
-        "identifier_keys": [identifier_key(rtype, s, v) for s, v in business_identifiers(resource)],
-        "source_time": cur.get("source_time"),  # message time: the mapper's out-of-order guard keeps working
-        "resource": resource,
-    }
-    history = {
-        "_id": f"{key}/_history/{version}",
-        "type": rtype,
-        "id": rid,
-        "version": version,
-        "last_updated": now,
-        "message_id": message_id,
-        "resource": resource,
-    }
-    return current, history
+    fields = dict(event or {})
+    kind = fields.pop("kind", None)
+    return next_version(
+        read_version(cur) if int(cur["version"]) > 0 else None,
+        {**change.content, "id": cur["id"]},
+        now=now,
+        source=source,
+        message_id=message_id,
+        kind=kind,
+        focus=True,
+        event_fields=fields,
+    )
 
 
-async def write(
-    store: Store,
-    versions: list[tuple[Document, Document]],
-    read_versions: dict[str, int],
-    event: Document,
-    record: Document | None,
-    more_events: tuple[Document, ...] = (),
-) -> None:
-    """Commit ``versions`` (current, history), ``event`` (and ``more_events``, for resources changed
-    alongside with their own news) and ``record`` atomically. A version read as 0 is inserted.
+async def write(store: Store, versions: list[NewVersion], record: Document | None) -> None:
+    """Commit ``versions`` (with their events) and ``record`` in one transaction.
 
     ``Conflict`` if a resource is no longer at the version read (or the version exists already);
-    ``PyMongoError`` for other database failures.
+    ``PyMongoError`` for other database failures (``shared.retry.retryable`` says which to retry).
     """
-    try:
-        async with (
-            store.client.start_session() as session,
-            await session.start_transaction(write_concern=DURABLE),
-        ):
-            if record is not None:
-                await store.messages.insert_one(record, session=session)
-            await store.history.insert_many([h for _, h in versions], ordered=True, session=session)
-            for current, _ in versions:
-                if read_versions[current["_id"]] == 0:
-                    await store.resources.insert_one(current, session=session)  # DuplicateKeyError: a race
-                    continue
-                result = await store.resources.replace_one(
-                    {"_id": current["_id"], "version": read_versions[current["_id"]]}, current, session=session
-                )
-                if result.matched_count != 1:
-                    raise Conflict(f"{current['_id']} changed since it was read")
-            await store.outbox.insert_many([event, *more_events], ordered=True, session=session)
-    except DuplicateKeyError as exc:
-        raise Conflict(str(exc)[:300]) from exc
-    except PyMongoError as exc:
-        if retryable(exc):
-            raise Conflict(str(exc)[:300]) from exc
-        raise
-
-
-def retryable(exc: PyMongoError) -> bool:
-    """A write conflict or an aborted transaction: another writer got there first."""
-    if exc.has_error_label("TransientTransactionError") or exc.has_error_label("UnknownTransactionCommitResult"):
-        return True
-    return isinstance(exc, OperationFailure) and exc.code in (WRITE_CONFLICT, 251, 244)
-
-
-async def backoff(attempt: int) -> None:
-    await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+    async with (
+        store.client.start_session() as session,
+        await session.start_transaction(write_concern=DURABLE),
+    ):
+        if record is not None:
+            await store.messages.insert_one(record, session=session)
+        await write_versions(store, versions, session=session)
 
 
 def applied_record(
@@ -138,5 +94,5 @@ def applied_record(
         **fhir_record(record_id, now, body, caller, peer, header),
         "status": "applied",
         "issues": [],
-        "processing": {"status": "applied", "at": now, "resources": resources},
+        "processing": MessageOutcome("applied", now, tuple(resources)).to_doc(),
     }

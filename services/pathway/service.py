@@ -70,7 +70,7 @@ def parse_transition(parameters: Resource) -> TransitionAsk:
 
 
 class PathwayService:
-    """Moves and updates for the intake routes; ``clock`` is the time of each change."""
+    """Moves and updates for the API's pathway routes; ``clock`` is the time of each change."""
 
     def __init__(self, store: Store, clock: Callable[[], datetime] | None = None) -> None:
         self._store = store

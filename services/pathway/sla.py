@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from shared.fhir import Resource
+from shared.records import OutboxEvent
 from shared.settings import Settings
 from shared.store import Document, Store
 
@@ -134,25 +135,26 @@ def event_id(referral_id: str, event: str) -> str:
 def sla_event(clock: Clock, due: Due, request: Document, now: datetime) -> Document:
     """The outbox document of one SLA event (``at`` is when it became due)."""
     focus = f"ServiceRequest/{request['id']}/_history/{request['version']}"
-    return {
-        "_id": event_id(clock.referral_id, due.event),
-        "type": "ServiceRequest",
-        "id": request["id"],
-        "version": request["version"],
-        "kind": "sla",
-        "sla_event": due.event,
-        "due": due.due,
-        "at": due.due,
-        "first_contact": clock.first_contact,
-        "deadline": clock.deadline,
-        "window_hours": int(clock.window.total_seconds() // 3600),
-        "neurological": clock.neurological,
-        **due.extra,
-        "focus": focus,
-        "created_at": now,
-        "message_id": None,
-        "status": "ready",
-    }
+    event = OutboxEvent(
+        id=event_id(clock.referral_id, due.event),
+        type="ServiceRequest",
+        resource_id=request["id"],
+        version=request["version"],
+        kind="sla",
+        created_at=now,
+        focus=focus,
+        extra={
+            "sla_event": due.event,
+            "due": due.due,
+            "at": due.due,
+            "first_contact": clock.first_contact,
+            "deadline": clock.deadline,
+            "window_hours": int(clock.window.total_seconds() // 3600),
+            "neurological": clock.neurological,
+            **due.extra,
+        },
+    )
+    return event.to_doc()
 
 
 async def _first_contact(store: Store, plan: Document, request: Document) -> datetime:

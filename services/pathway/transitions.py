@@ -19,6 +19,7 @@ returns the current state.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from typing import Any
 
 from shared.fhir import FhirError, Resource, issue
 from shared.resources import content_of
+from shared.retry import TransientError, run_transaction
 from shared.store import Document, Store
 
 from . import commit
@@ -232,50 +234,28 @@ async def write_changes(
     origin: Origin,
     alongside: tuple[commit.Change, ...] = (),
 ) -> tuple[Document, dict[str, Any]]:
-    """Write ``changes`` and ``event`` (completed with the first change's identity); the first change's
-    new current document and the event. ``alongside``: changes to other resources the same request
-    implies (the referral's data-quality Task), each with its own "created"/"updated" event, in the
-    same transaction. ``commit.Conflict`` when something moved since it was read."""
+    """Write ``changes`` and ``event`` (on the first change's new version, naming every version the
+    change wrote); the first change's new current document and the event. ``alongside``: changes to
+    other resources the same request implies (the referral's data-quality Task), each with its own
+    "created"/"updated" event, in the same transaction. ``commit.Conflict`` when something moved since
+    it was read."""
     record = origin.record
     message_id = record["_id"] if record is not None else origin.message_id
     source = _source_uri(message_id, origin.source)
-    versions = [commit.new_version(c, now, source, message_id) for c in changes]
-    extra = [commit.new_version(c, now, source, message_id) for c in alongside]
-    head, _ = versions[0]
-    key = f"{head['_id']}/_history/{head['version']}"
-    full = {
-        "_id": key,
-        "type": head["type"],
-        "id": head["id"],
-        "version": head["version"],
-        **event,
-        "focus": key,
-        "resources": [h["_id"] for _, h in versions],
-        "created_at": now,
-        "message_id": message_id,
-        "status": "ready",
-    }
-    more = tuple(
-        {
-            "_id": h["_id"],
-            "type": h["type"],
-            "id": h["id"],
-            "version": h["version"],
-            "kind": "created" if h["version"] == 1 else "updated",
-            "focus": h["_id"],
-            "resources": [h["_id"]],
-            "created_at": now,
-            "message_id": message_id,
-            "status": "ready",
-        }
-        for _, h in extra
-    )
+    first, *rest = changes
+    head = commit.new_version(first, now, source, message_id, event)
+    if head is None or head.event is None:
+        raise commit.Conflict(f"{first.current['_id']}: the change changes nothing")
+    versions = [head, *(v for c in rest if (v := commit.new_version(c, now, source, message_id)) is not None)]
+    extra = [v for c in alongside if (v := commit.new_version(c, now, source, message_id)) is not None]
+    # The head event names every version of the change (the referral, its Encounter and CarePlan).
+    full = dataclasses.replace(head.event, resources=tuple(v.history.key for v in versions))
+    versions = [dataclasses.replace(head, event=full), *[dataclasses.replace(v, event=None) for v in versions[1:]]]
     if record is not None:
-        resources = [*full["resources"], *(e["_id"] for e in more)]
+        resources = [*(full.resources or ()), *(v.history.key for v in extra)]
         record = {**record, "processing": {**record["processing"], "resources": resources}}
-    read_versions = {c.current["_id"]: int(c.current["version"]) for c in (*changes, *alongside)}
-    await commit.write(store, [*versions, *extra], read_versions, full, record, more)
-    return head, full
+    await commit.write(store, [*versions, *extra], record)
+    return versions[0].current.to_doc(), full.to_doc()
 
 
 async def apply_transition(
@@ -296,7 +276,8 @@ async def apply_transition(
     origin = origin or Origin()
     now_of = clock or (lambda: datetime.now(UTC))
     move = Move(step, at, note, who, basis)
-    for attempt in range(commit.ATTEMPTS):
+
+    async def once() -> TransitionResult:
         loaded = await load(store, referral_id)
         check_version(loaded.request, expected_version)
         now = truncate(now_of())
@@ -311,11 +292,14 @@ async def apply_transition(
             if note:
                 event["note"] = note
             head, written = await write_changes(store, changes, event, now, origin)
-        except commit.Conflict:
-            await commit.backoff(attempt)
-            continue
         except FhirError as exc:  # content the pathway built did not validate: a bug here, not the caller's
             log.error("pathway built invalid content", extra={"referral": referral_id, "reason": str(exc)})
             raise FhirError(500, "exception", f"the pathway could not build valid resources: {exc}") from exc
         return TransitionResult(head, step, loaded.step, True, written["_id"], written["resources"])
-    raise FhirError(409, "conflict", f"ServiceRequest/{referral_id} kept changing while it was moved: try again")
+
+    try:
+        return await run_transaction(once, commit.RETRY, what=f"moving ServiceRequest/{referral_id}")
+    except TransientError as exc:
+        raise FhirError(
+            409, "conflict", f"ServiceRequest/{referral_id} kept changing while it was moved: try again"
+        ) from exc

@@ -28,6 +28,7 @@ from typing import Any
 
 from shared.fhir import FhirError, Resource
 from shared.resources import content_of
+from shared.retry import TransientError, run_transaction
 from shared.store import Document, Store
 
 from . import commit
@@ -170,7 +171,8 @@ class Updater:
                 f"the body's id {body.get('id')!r} is not {resource_id!r} (the URL's id)",
                 expression=["id"],
             )
-        for attempt in range(commit.ATTEMPTS):
+
+        async def once() -> UpdateResult:
             current = await self._store.resources.find_one({"_id": f"{resource_type}/{resource_id}"})
             if current is None:
                 raise FhirError(
@@ -178,18 +180,20 @@ class Updater:
                 )
             check_version(current, expected_version)
             now = truncate(self._clock())
-            try:
-                planned = await self._plan(current, body, now, who, origin)
-                if planned is None:
-                    return UpdateResult(current, changed=False)
-                changes, event = planned
-                alongside = await self._data_quality(changes[0].content)
-                head, written = await write_changes(self._store, changes, event, now, origin, alongside)
-            except commit.Conflict:
-                await commit.backoff(attempt)
-                continue
+            planned = await self._plan(current, body, now, who, origin)
+            if planned is None:
+                return UpdateResult(current, changed=False)
+            changes, event = planned
+            alongside = await self._data_quality(changes[0].content)
+            head, written = await write_changes(self._store, changes, event, now, origin, alongside)
             return UpdateResult(head, True, written["_id"])
-        raise FhirError(409, "conflict", f"{resource_type}/{resource_id} kept changing while it was updated: try again")
+
+        try:
+            return await run_transaction(once, commit.RETRY, what=f"updating {resource_type}/{resource_id}")
+        except TransientError as exc:
+            raise FhirError(
+                409, "conflict", f"{resource_type}/{resource_id} kept changing while it was updated: try again"
+            ) from exc
 
     async def _data_quality(self, content: Resource) -> tuple[commit.Change, ...]:
         """A referral's data-quality Task re-derived from the referral's new content (created when the

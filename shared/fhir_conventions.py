@@ -3,7 +3,7 @@
 - ``_format`` / ``Accept``: the API answers JSON only. ``_format`` may be ``json``,
   ``application/fhir+json``, ``application/json`` (or ``application/json+fhir``); XML (``xml``,
   ``application/fhir+xml``...) or an ``Accept`` that admits no JSON is a 406 OperationOutcome.
-  ``_pretty=true`` indents the answer (``services/intake/negotiation.py``), ``false`` keeps it compact.
+  ``_pretty=true`` indents the answer (``services/api/negotiation.py``), ``false`` keeps it compact.
 - ``If-None-Match`` / ``If-Modified-Since`` on read and vread: 304 when the client's copy is current.
 - ``Prefer: return=minimal | representation | OperationOutcome`` on create and update.
 - ``_total`` / ``_totalMethod`` (the latter is what fhirpy sends when counting): the total is always

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 
 from services.notifier.capability import subscription_capability
 from shared.fhir import FHIR_JSON, FHIR_VERSION, Resource, validate
-
-from .search import search_params
+from shared.search import search_params
 
 UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/"
 VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
@@ -32,7 +32,7 @@ UPDATE_DOC = (
     "representation | OperationOutcome is honoured; the MSCC pathway owns the statuses it implies "
     "(docs/pathway.md)"
 )
-# What every FHIR interaction of this server takes (services/intake/conventions.py, subsetting.py).
+# What every FHIR interaction of this server takes (shared/fhir_conventions.py, shared/subsetting.py).
 CONVENTIONS_DOC = (
     "Every interaction answers JSON: _format=json, application/fhir+json or application/json is accepted, "
     "and _format=xml, or an Accept header that admits no JSON, is answered 406; _pretty=true indents the "
@@ -52,6 +52,14 @@ TRANSITION = {
     "note, who: moves an MSCC referral along its pathway (docs/pathway.md)",
 }
 SUPPORTED_TYPES = ("ServiceRequest", *READ_ONLY_TYPES)
+
+
+def hub_version() -> str:
+    """The hub's version, as the CapabilityStatement and the OpenAPI document give it."""
+    try:
+        return version("mscc-hub")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def capability_statement(base_url: str, software_version: str) -> Resource:

@@ -1,18 +1,22 @@
-"""The read side of the FHIR API: search (searchset Bundles with paging, ``_summary``, ``_elements``) and
-instance and type history (paged, ``_since``)."""
+"""The read side of the FHIR API: read and vread, search (searchset Bundles with paging, ``_summary``,
+``_elements``) and instance and type history (paged, ``_since``)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from shared.fhir import FhirError, Resource
-from shared.store import Document, Store
+from pymongo.errors import PyMongoError
 
-from .search import DEFAULT_COUNT, MAX_COUNT, parse_search
-from .subsetting import apply_subset
+from shared.fhir import FhirError, Resource
+from shared.search import DEFAULT_COUNT, MAX_COUNT, parse_search
+from shared.store import Document, Store
+from shared.subsetting import apply_subset
+
+log = logging.getLogger(__name__)
 
 
 def _instant(doc: Document) -> str:
@@ -93,6 +97,24 @@ class FhirReads:
     def __init__(self, store: Store, base_url: str) -> None:
         self._store = store
         self._base = base_url.rstrip("/") + "/fhir"
+
+    async def read(self, resource_type: str, rid: str, version: str | None = None) -> Document:
+        """The current version (or version ``version``) as stored: ``resource``, ``version``,
+        ``last_updated``. ``FhirError`` 404 if unknown, 503 if the database fails (the details logged)."""
+        try:
+            if version:
+                doc = await self._store.history.find_one({"_id": f"{resource_type}/{rid}/_history/{version}"})
+            else:
+                doc = await self._store.resources.find_one({"_id": f"{resource_type}/{rid}"})
+        except PyMongoError as exc:
+            log.error("FHIR read: database error", extra={"what": f"{resource_type}/{rid}", "reason": str(exc)})
+            raise FhirError(
+                503, "transient", f"{resource_type}/{rid} not read: the database did not answer, send it again"
+            ) from exc
+        if doc is None:
+            what = f"{resource_type}/{rid}" + (f"/_history/{version}" if version else "")
+            raise FhirError(404, "not-found", f"{what} is not known")
+        return doc
 
     async def search(self, resource_type: str, params: list[tuple[str, str]]) -> Resource:
         """A searchset Bundle: ``total``, one page of matches (none for ``_count=0`` or

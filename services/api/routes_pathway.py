@@ -2,8 +2,10 @@
 /fhir/ServiceRequest/{id}, /fhir/Encounter/{id} and /fhir/CarePlan/{id} (one route per type, so PUT on
 other types stays with their own routers).
 
-Registered before the generic /fhir routes. Thin: parsing and rules live in ``services/pathway``.
-Every refusal is an OperationOutcome, and the refused body is kept as a rejected message.
+Registered before the generic /fhir routes. Thin: parsing and rules live in ``services/pathway``, which
+stays free of any HTTP framework (this router is the API's, calling the pathway's functions). Every
+refusal is an OperationOutcome, and the refused body is kept as a rejected message (by intake, which
+keeps every inbound body).
 """
 
 from __future__ import annotations
@@ -17,15 +19,14 @@ from fastapi.responses import Response
 
 from shared.auth import Caller
 from shared.fhir import FhirError, check_content_type, issue, operation_outcome, parse_json, validate
+from shared.fhir_conventions import prefer_return
+from shared.http_server import CallerDep, FhirResponse, Peer, outcome_response, read_body
 from shared.nhs import check_nhs_numbers
 from shared.store import Document
 
 from ..pathway.service import parse_transition
 from ..pathway.updates import UPDATABLE, expected_version, parse_if_match
-from .conventions import prefer_return
-from .deps import CallerDep, Intake, Peer, read_body
-from .routes_fhir import FhirResponse, outcome_response
-from .service import IntakeService
+from .deps import Api, ApiServices
 
 router = APIRouter(prefix="/fhir", tags=["FHIR", "MSCC pathway"])
 
@@ -39,10 +40,10 @@ def _resource_response(doc: Document, base_url: str) -> FhirResponse:
     return FhirResponse(doc["resource"], status_code=200, headers=headers)
 
 
-async def _body(request: Request, intake: Intake) -> bytes:
+async def _body(request: Request, api: ApiServices) -> bytes:
     """The body; ``FhirError`` 415 or 413 (raised before anything is kept: there is nothing to keep)."""
     check_content_type(request.headers.get("content-type"))
-    limit = intake.settings.mllp_max_message_bytes
+    limit = api.settings.mllp_max_message_bytes
     body, size = await read_body(request, limit)
     if size > limit:
         raise FhirError(413, "too-costly", f"body of {size} bytes exceeds the limit of {limit} bytes")
@@ -57,31 +58,31 @@ async def _body(request: Request, intake: Intake) -> bytes:
 async def transition(
     referral_id: str,
     request: Request,
-    intake: Intake,
+    api: Api,
     caller: CallerDep,
     peer: Peer,
     if_match: Annotated[str | None, Header()] = None,
 ) -> FhirResponse:
     """Parameters step / time / note / who -> the updated referral (200, ETag). Refusals: 400, 404,
     409 (the OperationOutcome names the allowed steps), 412 (If-Match), 422."""
-    body = await _body(request, intake)
+    body = await _body(request, api)
     header = {"interaction": "operation", "operation": "$transition", "resource_type": "ServiceRequest"}
     try:
         parameters = validate(parse_json(body), "Parameters")
         ask = parse_transition(parameters)
         expected = parse_if_match(if_match) if if_match is not None else None
-        result = await intake.pathway.transition(referral_id, ask, expected, body, caller, peer)
+        result = await api.pathway.transition(referral_id, ask, expected, body, caller, peer)
     except FhirError as error:
-        await intake.fhir.keep_rejected(body, error, caller, peer, {**header, "id": referral_id})
+        await api.intake.fhir.keep_rejected(body, error, caller, peer, {**header, "id": referral_id})
         raise
-    return _resource_response(result.request, intake.settings.base_url)
+    return _resource_response(result.request, api.settings.base_url)
 
 
 async def _update(
     resource_type: str,
     resource_id: str,
     request: Request,
-    intake: IntakeService,
+    api: ApiServices,
     caller: Caller,
     peer: str,
     if_match: str | None,
@@ -92,11 +93,11 @@ async def _update(
     update never creates), 409, 412 (stale), 422, 428 (neither If-Match nor meta.versionId). ``Prefer:
     return=minimal`` answers no body, ``return=OperationOutcome`` what was done (and any NHS number
     warning)."""
-    if await intake.store.resources.find_one({"_id": f"{resource_type}/{resource_id}"}, {"_id": 1}) is None:
+    if await api.store.resources.find_one({"_id": f"{resource_type}/{resource_id}"}, {"_id": 1}) is None:
         # FHIR: 405 when the resource did not exist and the server does not take client-defined ids.
         error = FhirError(405, "not-supported", f"{resource_type}/{resource_id} does not exist: update never creates")
         return outcome_response(error, {"Allow": "GET"})
-    body = await _body(request, intake)
+    body = await _body(request, api)
     header = {"interaction": "update", "resource_type": resource_type, "id": resource_id}
     try:
         data = parse_json(body)
@@ -104,11 +105,11 @@ async def _update(
         resource = validate(data, resource_type, bindings=True)
         # As on create: an NHS number failing the check is never stored as one (the answer shows it demoted).
         resource, invalid = check_nhs_numbers(resource)
-        result = await intake.pathway.update(resource, resource_type, resource_id, expected, body, caller, peer)
+        result = await api.pathway.update(resource, resource_type, resource_id, expected, body, caller, peer)
     except FhirError as error:
-        await intake.fhir.keep_rejected(body, error, caller, peer, header)
+        await api.intake.fhir.keep_rejected(body, error, caller, peer, header)
         raise
-    answer = _resource_response(result.current, intake.settings.base_url)
+    answer = _resource_response(result.current, api.settings.base_url)
     choice = prefer_return(prefer)
     if choice == "minimal":
         return Response(status_code=200, headers=_validators(answer))
@@ -128,13 +129,13 @@ def _update_route(resource_type: str) -> Callable[..., Awaitable[Response]]:
     async def update(
         resource_id: str,
         request: Request,
-        intake: Intake,
+        api: Api,
         caller: CallerDep,
         peer: Peer,
         if_match: Annotated[str | None, Header()] = None,
         prefer: Annotated[str | None, Header(description="return=minimal | representation | OperationOutcome")] = None,
     ) -> Response:
-        return await _update(resource_type, resource_id, request, intake, caller, peer, if_match, prefer)
+        return await _update(resource_type, resource_id, request, api, caller, peer, if_match, prefer)
 
     return update
 

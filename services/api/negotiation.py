@@ -1,7 +1,7 @@
 """ASGI middleware for the FHIR paths (``/fhir...`` and ``/metadata``): ``_format``, ``_pretty``, ``Accept``
 and ``HEAD``, once for every interaction, so no route has to know about them.
 
-- ``_format`` and ``_pretty`` are checked (``services/intake/conventions.py``) and removed from the
+- ``_format`` and ``_pretty`` are checked (``shared/fhir_conventions.py``) and removed from the
   query string before routing, so search and history never see them as unknown parameters;
 - an XML ``_format``, or (without ``_format``, which overrides it) an ``Accept`` that admits no JSON, is
   answered 406 with an OperationOutcome before the request reaches a route (nothing is stored);
@@ -17,8 +17,7 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.fhir import FHIR_JSON, FhirError
-
-from .conventions import FORMAT_PARAMS, check_accept, check_format, check_pretty
+from shared.fhir_conventions import FORMAT_PARAMS, check_accept, check_format, check_pretty
 
 
 def is_fhir_path(path: str) -> bool:

@@ -16,8 +16,9 @@ from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.encoders import jsonable_encoder
 
 from shared import review
+from shared.http_server import CallerDep
 
-from .deps import CallerDep, Intake
+from .deps import Api
 
 router = APIRouter(prefix="/admin/messages", tags=["operations"])
 WRITE_SCOPE = "system/*.write"
@@ -30,14 +31,14 @@ def _check_write(scopes: frozenset[str]) -> None:
 
 @router.get("", summary="Messages held for review (only status needs-review is listed here)")
 async def held(
-    intake: Intake,
+    api: Api,
     caller: CallerDep,
     status: Annotated[str, Query()] = review.NEEDS_REVIEW,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Any:
     if status != review.NEEDS_REVIEW:
         raise HTTPException(400, f"only status={review.NEEDS_REVIEW} is listed here; see 'mscc messages list'")
-    docs = await review.held(intake.store, limit)
+    docs = await review.held(api.store, limit)
     return jsonable_encoder({"total": len(docs), "messages": [review.summary(d) for d in docs]})
 
 
@@ -50,14 +51,14 @@ async def _decided(action: Any) -> Any:
 
 
 @router.post("/{record_id}/apply", summary="Write a held message despite its conflict")
-async def apply(record_id: str, intake: Intake, caller: CallerDep) -> Any:
+async def apply(record_id: str, api: Api, caller: CallerDep) -> Any:
     _check_write(caller.scopes)
-    return await _decided(review.apply(intake.store, record_id, caller.client_id))
+    return await _decided(review.apply(api.store, record_id, caller.client_id))
 
 
 @router.post("/{record_id}/reject", summary="Reject a held message: nothing from it is written")
 async def reject(
-    record_id: str, intake: Intake, caller: CallerDep, reason: Annotated[str, Body(embed=True, min_length=1)]
+    record_id: str, api: Api, caller: CallerDep, reason: Annotated[str, Body(embed=True, min_length=1)]
 ) -> Any:
     _check_write(caller.scopes)
-    return await _decided(review.reject(intake.store, record_id, caller.client_id, reason))
+    return await _decided(review.reject(api.store, record_id, caller.client_id, reason))

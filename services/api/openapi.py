@@ -2,7 +2,7 @@
 
 The FHIR routes read their bodies raw (the exact bytes are kept as the message record) and take search
 parameters that depend on the resource type, so FastAPI sees neither. ``describe`` adds them to the
-generated document, route by route, from the same data the server uses (``search.PARAMETERS``): FHIR
+generated document, route by route, from the same data the server uses (``shared.search.PARAMETERS``): FHIR
 JSON bodies (loosely typed: a resource, a Bundle, Parameters), the form of ``_search``, HL7v2 text, and
 every query parameter and conditional header each interaction takes. Nothing here changes behaviour.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from shared.fhir import FHIR_JSON
+from shared.search import COMMON, PARAM_TYPES, PARAMETERS
 
 from ..pathway.updates import UPDATABLE
-from .search import COMMON, PARAM_TYPES, PARAMETERS
 
 Schema = dict[str, Any]
 REF = "#/components/schemas/"

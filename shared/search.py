@@ -1,9 +1,12 @@
 """FHIR search over stored resources: the parameters each type supports, as data, turned into queries.
 
+Used by the API's search (``services/api/fhir_reads.py``) and by the notifier's subscription filters,
+which accept exactly the same parameters.
+
 Supported (anything else is refused with an OperationOutcome, never silently ignored):
 
     all types       _id, _lastUpdated (eq, gt, ge, lt, le), _count (0-100, default 20; 0 = the total
-                    alone), _offset (paging); _summary and _elements (services/intake/subsetting.py);
+                    alone), _offset (paging); _summary and _elements (shared/subsetting.py);
                     _total / _totalMethod (the total is always exact); _format, _pretty
     Patient         identifier (system|value or value), name (prefix of family or given, any case),
                     family, given, birthdate (eq, gt, ge, lt, le on YYYY[-MM[-DD]])
@@ -30,9 +33,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from shared.fhir import FhirError
-
-from .conventions import FORMAT_PARAMS, TOTAL_PARAMS, check_format, check_total
-from .subsetting import Subset, parse_subset
+from shared.fhir_conventions import FORMAT_PARAMS, TOTAL_PARAMS, check_format, check_total
+from shared.subsetting import Subset, parse_subset
 
 Query = dict[str, Any]
 DEFAULT_COUNT = 20

@@ -1,4 +1,5 @@
-"""The FHIR Subscription API (R4, Subscriptions Backport): thin handlers over ``SubscriptionService``.
+"""The FHIR Subscription API (R4, Subscriptions Backport): thin handlers over the notifier's
+``SubscriptionService`` (the router is the API's, so the notifier's modules stay free of any HTTP server).
 
     POST   /fhir/Subscription                      create (201; the generated secret in X-Subscription-Secret)
     GET    /fhir/Subscription                      search: status, _id, _count, _offset
@@ -22,16 +23,16 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from services.notifier.subscriptions import SECRET_HEADER, SubscriptionService, Written
 from shared.fhir import FhirError, Resource, check_content_type, parse_json
+from shared.http_server import CallerDep, FhirResponse, read_body
 
-from .deps import CallerDep, Intake, read_body
-from .routes_fhir import FhirResponse
+from .deps import Api
 
 router = APIRouter(prefix="/fhir/Subscription", tags=["FHIR Subscriptions"])
 MAX_BODY = 64 * 1024
 
 
-def get_subscriptions(intake: Intake) -> SubscriptionService:
-    return SubscriptionService(intake.store, intake.settings)
+def get_subscriptions(api: Api) -> SubscriptionService:
+    return SubscriptionService(api.store, api.settings)
 
 
 Subscriptions = Annotated[SubscriptionService, Depends(get_subscriptions)]
@@ -57,9 +58,9 @@ def _written(written: Written, base: str, status: int = 200) -> FhirResponse:
 
 
 @router.post("", summary="Create a Subscription", status_code=201, response_class=FhirResponse)
-async def create(request: Request, service: Subscriptions, caller: CallerDep, intake: Intake) -> FhirResponse:
+async def create(request: Request, service: Subscriptions, caller: CallerDep, api: Api) -> FhirResponse:
     written = await service.create(await _resource(request), caller)
-    return _written(written, intake.settings.base_url, 201)
+    return _written(written, api.settings.base_url, 201)
 
 
 @router.get("", summary="Search Subscriptions", response_class=FhirResponse)
@@ -68,8 +69,8 @@ async def search(request: Request, service: Subscriptions, caller: CallerDep) ->
 
 
 @router.get("/{subscription_id}", summary="Read a Subscription", response_class=FhirResponse)
-async def read(subscription_id: str, service: Subscriptions, caller: CallerDep, intake: Intake) -> FhirResponse:
-    return _written(await service.read(subscription_id, caller), intake.settings.base_url)
+async def read(subscription_id: str, service: Subscriptions, caller: CallerDep, api: Api) -> FhirResponse:
+    return _written(await service.read(subscription_id, caller), api.settings.base_url)
 
 
 @router.put("/{subscription_id}", summary="Update a Subscription", response_class=FhirResponse)
@@ -78,11 +79,11 @@ async def update(
     request: Request,
     service: Subscriptions,
     caller: CallerDep,
-    intake: Intake,
+    api: Api,
     if_match: Annotated[str | None, Header()] = None,
 ) -> FhirResponse:
     written = await service.update(subscription_id, await _resource(request), caller, if_match)
-    return _written(written, intake.settings.base_url)
+    return _written(written, api.settings.base_url)
 
 
 @router.delete("/{subscription_id}", summary="Delete a Subscription and its queue", status_code=204)
