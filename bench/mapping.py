@@ -15,9 +15,10 @@ For each scenario, ``--count`` distinct messages of one workload are stored thro
 (``MapperService(store).run(stop, burst=True)`` in child processes of this script) drain them, and the
 wall time runs from the moment they are told to start to the moment the last one has finished.
 Workloads (see bench/README.md):
-  * A01: ADT^A01 admissions, distinct patients (valid NHS numbers) and visit numbers -> Patient + Encounter;
-  * I12: REF^I12 referrals, distinct referral ids -> Patient + ServiceRequest + assessment Encounter
-    + pathway CarePlan + data-quality Task.
+  * A01: ADT^A01 admissions, distinct patients (valid NHS numbers) and visit numbers -> Patient + Encounter
+    + AllergyIntolerance (AL1) + Condition (DG1);
+  * I12: REF^I12 referrals, distinct referral ids -> Patient + ServiceRequest + two Conditions (DG1)
+    + assessment Encounter + pathway CarePlan + data-quality Task.
 For comparison it measures the store's raw write rate: ``insert_many`` of resource documents in batches
 of 100, and the writer's four writes per batch of 100 with and without a transaction.
 Targets are printed, never asserted; the exit status is 1 only if the store check fails.
@@ -65,6 +66,25 @@ EXPECTED: dict[str, dict[str, int]] = {  # resources (by type) each message of a
     # Task (the referral states its neurology in an NTE only).
     "I12": {"Patient": 1, "ServiceRequest": 1, "Encounter": 1, "CarePlan": 1, "Task": 1, "Condition": 2},
 }
+# What the clinical segments of the workloads add (AL1 -> AllergyIntolerance, DG1 -> Condition), so
+# that ``--without AL1,DG1`` measures the same messages less that content (the work the mapper did
+# before it mapped allergies and diagnoses), for a like-for-like comparison across versions.
+SEGMENT_RESOURCES: dict[str, dict[str, dict[str, int]]] = {
+    "AL1": {"A01": {"AllergyIntolerance": 1}},
+    "DG1": {"A01": {"Condition": 1}, "I12": {"Condition": 2}},
+}
+WITHOUT: set[str] = set()  # segment ids left out of every generated message (--without)
+
+
+def expected_resources(kind: str) -> dict[str, int]:
+    """The resources (by type) one message of workload ``kind`` writes, given ``--without``."""
+    out = dict(EXPECTED[kind])
+    for segment in WITHOUT:
+        for rtype, n in SEGMENT_RESOURCES.get(segment, {}).get(kind, {}).items():
+            out[rtype] -= n
+    return {rtype: n for rtype, n in out.items() if n}
+
+
 HUB_TYPES = frozenset({"Questionnaire"})  # published by the mapper itself at start-up, not by messages
 
 # --------------------------------------------------------------------------------------------------
@@ -193,7 +213,11 @@ class MessageFactory:
             # MSH-7 a little apart, oldest first, as a feed would send them
             when = now - timedelta(seconds=count - n)
             build = adt_a01 if kind == "A01" else ref_i12
-            out.append(build(self._index, self.nhs.take(), when, self.run_tag))
+            message = build(self._index, self.nhs.take(), when, self.run_tag)
+            if WITHOUT:
+                kept = [seg for seg in message.split(b"\r") if seg[:3].decode() not in WITHOUT]
+                message = b"\r".join(kept)
+            out.append(message)
         return out
 
 
@@ -848,13 +872,13 @@ async def verify(store: Store, row: Row) -> None:
     halves = {"A01": (row.messages + 1) // 2, "I12": row.messages // 2} if mixed else {row.workload: row.messages}
     expected: Counter[str] = Counter()
     for kind, n in halves.items():
-        for rtype, per in EXPECTED[kind].items():
+        for rtype, per in expected_resources(kind).items():
             expected[rtype] += per * n
     got = {k: v for k, v in by_type.items() if k not in HUB_TYPES}
     if got != dict(expected):
         row.problems.append(f"resources by type {got}, expected {dict(expected)}")
     # each message's own processing record: the resources it wrote (all new, version 1)
-    wanted = {tuple(sorted(t for t, n in EXPECTED[kind].items() for _ in range(n))) for kind in halves}
+    wanted = {tuple(sorted(t for t, n in expected_resources(kind).items() for _ in range(n))) for kind in halves}
     per_message: Counter[tuple[str, ...]] = Counter()
     async for doc in store.messages.find({}, {"processing.resources": 1}):
         written = (doc.get("processing") or {}).get("resources") or []
@@ -987,7 +1011,7 @@ def report(rows: list[Row], raw: list[RawRow], cores: int) -> bool:
             print(f"{w.name:<46} {w.batches:>7} {w.seconds:>8.2f} {w.resource_rate:>15.0f} {w.write_rate:>9.0f}")
             if w.steps_ms:
                 print("    ms per batch: " + ", ".join(f"{k} {v:.1f}" for k, v in w.steps_ms.items()))
-        per = {kind: sum(types.values()) for kind, types in EXPECTED.items()}
+        per = {kind: sum(expected_resources(kind).values()) for kind in EXPECTED}
         print(
             f"  (a mapped A01 writes {per['A01']} resources per message, an I12 {per['I12']}: the writer's ceiling in"
             " messages/s is\n   about the transaction row's resource docs/s divided by that, before any mapping CPU)"
@@ -1050,6 +1074,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     p.add_argument("--workloads", default="A01,I12", help="workloads to run (default A01,I12; also: mixed)")
     p.add_argument("--quick", action="store_true", help="~15 s smoke run (200 messages, batch 100 only)")
     p.add_argument("--keep", action="store_true", help="keep the databases (to inspect them)")
+    p.add_argument(
+        "--without",
+        default="",
+        help="segment ids left out of every message, e.g. AL1,DG1: the same workload less its clinical content",
+    )
     p.add_argument("--serve-mapper", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--uri", help=argparse.SUPPRESS)
     p.add_argument("--db", help=argparse.SUPPRESS)
@@ -1066,6 +1095,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_seconds <= 0:
         p.error("--max-seconds must be positive")
+    WITHOUT.update(seg.strip().upper() for seg in args.without.split(",") if seg.strip())
+    if any(len(seg) != 3 or seg == "MSH" for seg in WITHOUT):
+        p.error("--without: three-letter segment ids other than MSH, e.g. AL1,DG1")
     args.workload_list = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if not args.workload_list or any(w not in ("A01", "I12", "mixed") for w in args.workload_list):
         p.error("--workloads: A01, I12 and/or mixed")

@@ -15,6 +15,7 @@ from shared import review as held_messages
 from shared.auth import Caller
 from shared.er7 import split_message_log
 from shared.fhir import FhirError
+from shared.messages import FHIR, MessageRecord
 from shared.mllp import MllpClient, MllpError
 from shared.settings import Settings
 from shared.store import Document, Store, connect
@@ -23,12 +24,10 @@ from .intake.service import IntakeService
 from .runner import database
 
 
-def _line(doc: Document) -> str:
-    header = doc.get("header") or {}
-    what = header.get("message_type") or header.get("interaction") or doc.get("protocol")
-    when = doc["received_at"].isoformat(timespec="seconds") if isinstance(doc.get("received_at"), datetime) else ""
-    reason = f"  {doc['reason']}" if doc.get("reason") else ""
-    return f"{doc['_id']}  {when}  {doc.get('status', ''):<10} {doc.get('protocol', ''):<12} {what}{reason}"
+def _line(record: MessageRecord) -> str:
+    when = record.received_at.isoformat(timespec="seconds")
+    reason = f"  {record.reason}" if record.reason else ""
+    return f"{record.id}  {when}  {record.status:<10} {record.protocol:<12} {record.what}{reason}"
 
 
 async def messages(settings: Settings, action: str, record: str | None, status: str | None, limit: int) -> int:
@@ -39,7 +38,7 @@ async def messages(settings: Settings, action: str, record: str | None, status: 
             if action == "list":
                 query: dict[str, Any] = {"status": status} if status else {}
                 async for doc in store.messages.find(query, {"raw": 0, "text": 0}).sort("received_at", -1).limit(limit):
-                    print(_line(doc))
+                    print(_line(MessageRecord.from_doc(doc)))
                 return 0
             if not record:
                 print(f"mscc messages {action}: give a record id (see 'mscc messages list')", file=sys.stderr)
@@ -119,23 +118,25 @@ async def review(settings: Settings, action: str, decision: Decision, limit: int
 
 async def _reprocess(settings: Settings, store: Store, doc: Document) -> int:
     """Run a kept record through intake again (after a fix or a configuration change)."""
-    if doc.get("status") != "rejected":
+    record = MessageRecord.from_doc(doc)
+    if record.status != "rejected":
         print(
-            f"record {doc['_id']} has status {doc.get('status')!r}: only rejected records are reprocessed here",
+            f"record {record.id} has status {record.status!r}: only rejected records are reprocessed here",
             file=sys.stderr,
         )
         return 1
     service = IntakeService(settings, store)
     await service.start(mllp=False)
-    caller = Caller(**{**doc["caller"], "scopes": frozenset(doc["caller"].get("scopes", []))})
-    raw: bytes = doc["raw"]
+    caller_doc = record.caller or {}
+    caller = Caller(**{**caller_doc, "scopes": frozenset(caller_doc.get("scopes", []))})
+    raw = record.raw or b""
     try:
-        if doc.get("protocol") == "fhir":
-            header = doc.get("header") or {}
+        if record.protocol == FHIR:
+            header = record.fhir_header
             try:
-                if header.get("interaction") == "create":
+                if header is not None and header.interaction == "create" and header.resource_type:
                     reply = await service.fhir.create(
-                        header["resource_type"], raw, "application/fhir+json", None, caller, "reprocess"
+                        header.resource_type, raw, "application/fhir+json", None, caller, "reprocess"
                     )
                 else:
                     reply = await service.fhir.post_bundle(raw, "application/fhir+json", caller, "reprocess")
@@ -148,10 +149,10 @@ async def _reprocess(settings: Settings, store: Store, doc: Document) -> int:
     finally:
         await service.stop()
     await store.messages.update_one(
-        {"_id": doc["_id"]},
+        {"_id": record.id},
         {"$set": {"reprocessed": {"at": datetime.now().astimezone(), "outcome": outcome, "records": new_ids}}},
     )
-    print(f"reprocessed {doc['_id']}: {outcome}; new records: {', '.join(i for i in new_ids if i) or 'none'}")
+    print(f"reprocessed {record.id}: {outcome}; new records: {', '.join(i for i in new_ids if i) or 'none'}")
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from .messages import MessageRecord
 from .retry import TransientError, run_transaction
 from .review_task import decided, review_task_id
 from .store import DURABLE, Document, Store
@@ -40,21 +41,23 @@ class ReviewError(Exception):
 
 
 def summary(doc: Document) -> dict[str, Any]:
-    """What an operator needs to decide: which message, from whom, and the conflicts (masked values)."""
-    header = doc.get("header") or {}
-    processing = doc.get("processing") or {}
-    outcome = processing.get("outcome") or {}
+    """What an operator needs to decide: which message, from whom, and the conflicts (masked values).
+    ``KeyError`` when ``doc`` is not a message record."""
+    record = MessageRecord.from_doc(doc)
+    hl7, fhir = record.hl7v2_header, record.fhir_header
+    processing = record.processing
+    outcome = (processing.outcome if processing else None) or {}
     return {
-        "id": doc["_id"],
-        "status": doc.get("status"),
-        "received_at": doc.get("received_at"),
-        "protocol": doc.get("protocol"),
-        "message_type": header.get("message_type") or header.get("interaction"),
-        "sender": header.get("sending_facility") or (doc.get("caller") or {}).get("ods_code"),
-        "control_id": header.get("control_id"),
-        "held_at": processing.get("at"),
+        "id": record.id,
+        "status": record.status or None,
+        "received_at": record.received_at,
+        "protocol": record.protocol,
+        "message_type": (hl7.message_type if hl7 else fhir.interaction if fhir else "") or None,
+        "sender": (hl7.sending_facility if hl7 else "") or (record.caller or {}).get("ods_code"),
+        "control_id": hl7.control_id if hl7 else None,
+        "held_at": processing.at if processing else None,
         "conflicts": [i.get("diagnostics") for i in outcome.get("issue", []) if i.get("code") == "conflict"],
-        "review": doc.get("review"),
+        "review": record.review,
     }
 
 

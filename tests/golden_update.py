@@ -1,4 +1,5 @@
-"""Golden files of the hub's own FHIR output: what every corpus HL7v2 message that maps turns into.
+"""Golden files of the hub's own FHIR output: what every corpus HL7v2 message and FHIR input that maps
+turns into.
 
 For each corpus file (tests/corpus/manifest.json) with at least one message that maps, the golden file
 ``tests/golden/<corpus path>.json`` holds, per message of the file (in order): its type and control id,
@@ -8,6 +9,15 @@ For each corpus file (tests/corpus/manifest.json) with at least one message that
 the same file that does not map is listed with the issues it is refused with, so that a message that
 stops mapping shows as a diff too. Fields the store stamps (``meta.versionId``, ``meta.lastUpdated``,
 ``meta.source``) are left out; the mapping reads no clock, so nothing else depends on the time of the run.
+
+A FHIR corpus input intake accepts (tests/corpus/fhir_manifest.json: a ServiceRequest created through
+``POST /fhir/ServiceRequest``, a transaction, batch or message Bundle posted to ``POST /fhir``) is one
+message: the record intake builds for it without a database (``golden_fhir``: intake's own pure
+functions, the development client as caller, the receive time and random ids pinned) mapped by the
+mapper's dispatch (``make_mapper``). Its ``type`` is the endpoint and interaction (``ServiceRequest
+create``, ``Bundle message``), its ``control_id`` the body's own id; it also holds ``intake_issues``
+(the warnings intake kept on the record) and, for a create, ``created``: the normalised resource intake
+writes as version 1. A patch that reads other resources (``apply_with``) is applied with none of them.
 
 The files are pretty JSON (sorted keys, 2-space indent, trailing newline), reviewed like code. Which
 messages are taken is the corpus test's rule (``corpus_messages`` in tests/test_hl7_mapping.py: the
@@ -32,25 +42,30 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # run as ``python -m tests.golden_update``: the corpus rule lives beside it
     sys.path.insert(0, str(HERE))
 
+from golden_fhir import fhir_corpus_entries, intake  # noqa: E402
 from test_hl7_mapping import MANIFEST, corpus_messages  # noqa: E402
 
+from services.mapper.dispatch import make_mapper  # noqa: E402
 from services.mapper.hl7 import map_hl7v2  # noqa: E402
-from services.mapper.model import MappingError, MappingResult, Resource  # noqa: E402
+from services.mapper.model import MappingError, MappingResult, Patch, Resource  # noqa: E402
 from shared.er7 import parse_message  # noqa: E402
+from shared.fhir import FhirError  # noqa: E402
 
 GOLDEN = HERE / "golden"
 UPDATE_COMMAND = "scripts/update-golden  (or: python -m tests.golden_update), then review: git diff tests/golden"
 # Stamped when a version is written, never by the mapping: they would differ from run to run.
 VOLATILE_META = ("versionId", "lastUpdated", "source")
 MAX_DIFF_LINES = 400
+MAPPER = make_mapper()  # the worker's dispatch: a FHIR record maps by its interaction
 
 Entry = dict[str, Any]
 Document = dict[str, Any]
 
 
 def corpus_entries() -> list[Entry]:
-    """Every manifest entry holding HL7v2 messages (the corpus test's selection)."""
-    return [entry for entry in MANIFEST if entry["kind"] != "not_message"]
+    """Every manifest entry holding HL7v2 messages (the corpus test's selection), then every FHIR corpus
+    input intake is expected to accept (tests/corpus/fhir_manifest.json: ``golden_fhir``)."""
+    return [entry for entry in MANIFEST if entry["kind"] != "not_message"] + fhir_corpus_entries()
 
 
 def golden_path(corpus_path: str, root: Path = GOLDEN) -> Path:
@@ -81,6 +96,12 @@ def _header(text: str) -> dict[str, str]:
     return {"type": "^".join(msh.components(9)[:2]), "control_id": msh.field(10)}
 
 
+def creates(patch: Patch) -> Resource:
+    """What a patch creates when nothing exists yet; one that reads other resources (``apply_with``) is
+    given none of them (an empty context: none of them is stored yet either)."""
+    return patch.apply(None) if patch.apply_with is None else patch.apply_with(None, {})
+
+
 def _mapped(result: MappingResult) -> Document:
     return {
         "source_time": result.source_time.isoformat() if result.source_time else None,
@@ -90,7 +111,7 @@ def _mapped(result: MappingResult) -> Document:
                 "target": f"{patch.resource_type}/{patch.resource_id}",
                 "reason": patch.reason,
                 "ordered": patch.ordered,
-                "creates": strip_volatile(patch.apply(None)),
+                "creates": strip_volatile(creates(patch)),
             }
             for patch in result.patches
         ],
@@ -99,8 +120,31 @@ def _mapped(result: MappingResult) -> Document:
     }
 
 
+def _fhir_message(entry: Entry) -> Document:
+    """A FHIR corpus input as one message: the record intake builds for it mapped by the mapper's
+    dispatch (as the worker maps it), with what intake kept (its warnings; for a create, version 1)."""
+    data = json.loads((HERE / "corpus" / entry["path"]).read_bytes())
+    described: Document = {"position": 0, "type": f"{entry['endpoint']} {data.get('type') or 'create'}"}
+    described["control_id"] = str(data.get("id") or "")
+    try:
+        taken = intake(entry)
+    except FhirError as exc:  # intake refuses it: listed as refused, so it is not golden
+        return {**described, "refused": exc.issues}
+    described["intake_issues"] = list(taken.record["issues"])
+    if taken.created is not None:
+        described["created"] = strip_volatile(taken.created)
+    try:
+        described.update(_mapped(MAPPER(taken.record)))
+    except MappingError as exc:
+        described["refused"] = exc.issues
+    return described
+
+
 def golden_document(entry: Entry) -> Document | None:
     """What the golden file of a corpus file holds, or None when no message of the file maps."""
+    if "endpoint" in entry:  # a FHIR corpus input: one message, the record intake builds for it
+        fhir = _fhir_message(entry)
+        return None if "refused" in fhir else {"corpus": entry["path"], "messages": [fhir]}
     messages: list[Document] = []
     for position, text in enumerate(corpus_messages(entry)):
         described: Document = {"position": position, **_header(text)}
@@ -154,7 +198,8 @@ def _summary(golden: Document, produced: Document) -> list[str]:
         news = {f"{r['resourceType']}/{r.get('id')}": r for r in new.get("resources", [])}
         changed = [f"+{key}" for key in news if key not in olds] + [f"-{key}" for key in olds if key not in news]
         changed += [key for key in news if key in olds and olds[key] != news[key]]
-        changed += [part for part in ("patches", "unmapped", "issues", "refused") if old.get(part) != new.get(part)]
+        parts = ("created", "patches", "unmapped", "issues", "intake_issues", "refused")
+        changed += [part for part in parts if old.get(part) != new.get(part)]
         if changed:
             lines.append(f"{where}: {', '.join(changed)}")
     return lines

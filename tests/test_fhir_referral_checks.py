@@ -181,3 +181,27 @@ async def test_a_fhir_referral_naming_no_trust_is_flagged_on_its_record(
         assert [i["severity"] for i in flagged] == ["warning"], number
         assert flagged[0]["expression"] == ["ServiceRequest.requester"]
     assert not [i for i in await record_issues(intake, "WR-7003") if "referring organisation" in i["diagnostics"]]
+
+
+async def test_relative_references_between_entries_name_the_hubs_ids(
+    http: httpx.AsyncClient, intake: IntakeService
+) -> None:
+    # The sender's engine refers to the Patient by the id it carries in the Bundle ("Patient/pas-7731")
+    # and by its absolute fullUrl; the hub stores the Patient under an id of its own, so both references
+    # must be rewritten: left as sent, they would name whatever the hub holds as Patient/pas-7731.
+    sender_patient = {**patient({"system": WIRRAL_PAS, "value": "7731"}), "id": "pas-7731"}
+    first = referral("W-7731-1", {"reference": "Patient/pas-7731"}, RBL)
+    second = referral("W-7731-2", {"reference": "https://fhir.wirral.example.nhs.uk/fhir/Patient/pas-7731"}, RBL)
+    patient_id, first_id, second_id = await transaction(
+        http,
+        ("https://fhir.wirral.example.nhs.uk/fhir/Patient/pas-7731", sender_patient),
+        ("urn:uuid:6d1c5a9e-2f1e-4e53-9d3c-1f8b6a0c7e21", first),
+        ("urn:uuid:0b7f3e55-8c1d-4a6e-a2f4-5d9c2e8b1a37", second),
+    )
+    assert patient_id != "pas-7731"
+    await drain(intake)
+    for request_id in (first_id, second_id):
+        stored = (await http.get(f"/fhir/ServiceRequest/{request_id}")).json()
+        assert stored["subject"]["reference"] == f"Patient/{patient_id}"
+    listed = (await http.get("/fhir/ServiceRequest", params={"patient": patient_id})).json()
+    assert listed["total"] == 2

@@ -1,9 +1,10 @@
-"""The hub's own FHIR output pinned: every corpus HL7v2 message that maps, against its golden file.
+"""The hub's own FHIR output pinned: every corpus HL7v2 message and FHIR input that maps, against its
+golden file (a FHIR input mapped from the record intake builds for it: tests/golden_fhir.py).
 
 A mapping change shows as a failure here, naming the golden file, with a summary (which message, which
 resource) and a unified diff. If the change is intended: ``scripts/update-golden``, then review
 ``git diff tests/golden`` like code. What a golden file holds is described in tests/golden_update.py.
-No database: the mapping is pure and reads no clock.
+No database: the mapping is pure and reads no clock; a FHIR record's receive time is pinned.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from golden_fhir import fhir_corpus_entries
 from golden_update import (
     HERE,
     UPDATE_COMMAND,
@@ -67,6 +69,16 @@ def test_golden_files_cover_the_corpus() -> None:
     assert {"ADT", "REF", "ORM", "ORU"} <= types, types
 
 
+def test_golden_files_cover_the_fhir_corpus() -> None:
+    # every FHIR input intake accepts maps: a create (with version 1) and each Bundle type posted
+    wanted = produced_files()
+    fhir = [golden_path(entry["path"]) for entry in fhir_corpus_entries()]
+    assert not [shown(path) for path in fhir if path not in wanted]  # an accepted input that does not map
+    messages = [json.loads(wanted[path])["messages"][0] for path in fhir]
+    assert {m["type"] for m in messages} >= {"ServiceRequest create", "Bundle message", "Bundle batch"}
+    assert all("created" in m for m in messages if m["type"] == "ServiceRequest create")
+
+
 def test_golden_files_are_canonical_json() -> None:
     # hand edits that change only the layout are caught: a golden file is exactly its rendered content
     for path in present_files():
@@ -87,6 +99,19 @@ def test_output_does_not_depend_on_hash_seed_or_time_zone() -> None:
     ).stdout
     here = "".join(f"{path}\n{text}" for path, text in sorted(produced_files().items()))
     assert out == here
+
+
+def test_fhir_create_golden_file_holds_version_1_and_what_it_implies() -> None:
+    # the created ServiceRequest (normalised, with the id intake gives it) and the resources it implies
+    entry = next(e for e in fhir_corpus_entries() if e["path"].endswith("/ServiceRequest-ambulation.json"))
+    document = golden_document(entry)
+    assert document is not None
+    [message] = document["messages"]
+    created = message["created"]
+    assert created["resourceType"] == "ServiceRequest" and created["id"]
+    assert not {"versionId", "lastUpdated", "source"} & set(created.get("meta", {}))
+    references = json.dumps(message["resources"]) + json.dumps(message["patches"])
+    assert f"ServiceRequest/{created['id']}" in references
 
 
 def _entry_that_maps() -> Entry:

@@ -620,7 +620,15 @@ async def test_topics_and_filters_decide_who_gets_what(
     elsewhere = {"subject": {"reference": "Patient/p9"}}
     await change(store, clock, {**plan, "id": "hna2", "meta": {"versionId": "1"}, **elsewhere})
     await change(store, clock, {**plan, "id": "hna3", "meta": {"versionId": "1"}, "status": "draft"})
-    sla = {"kind": "sla", "sla_event": "breached", "focus": "ServiceRequest/sr1/_history/3", "at": clock.now}
+    sla = {
+        "type": "ServiceRequest",
+        "id": "sr1",
+        "version": 3,
+        "kind": "sla",
+        "sla_event": "breached",
+        "focus": "ServiceRequest/sr1/_history/3",
+        "at": clock.now,
+    }
     await store.outbox.insert_one({"_id": "sla:sr1:breached", **sla, "created_at": clock.now, "status": "ready"})
     step = {"step": "mri-requested", "previous_step": "triaged-accepted", "at": clock.now}
     await change(store, clock, referral("sr1", 4, status="completed"), kind="transition", **step)
@@ -649,6 +657,9 @@ async def test_out_of_hours_notification_tells_when_the_team_picks_the_referral_
     await change(store, clock, referral("sr1", 1))
     pickup = datetime(2026, 11, 26, 7, 30, tzinfo=UTC)
     event = {
+        "type": "ServiceRequest",
+        "id": "sr1",
+        "version": 1,
         "kind": "sla",
         "sla_event": "out-of-hours",
         "focus": "ServiceRequest/sr1/_history/1",

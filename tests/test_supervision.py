@@ -45,7 +45,7 @@ from services.pathway.sla import SlaRules, scan_sla
 from services.runner import serve
 from shared.auth import Caller
 from shared.fhir import FhirError
-from shared.fhir_messages import fhir_record
+from shared.fhir_messages import fhir_message
 from shared.mllp import MllpClient
 from shared.settings import Settings
 from shared.store import Document, Store
@@ -150,9 +150,6 @@ def patient_x_bundle() -> dict[str, Any]:
 async def plant_bundle(store: Store, bundle: dict[str, Any], received: datetime) -> str:
     """A Bundle record as an intake without the id check stored it (status "ready", entry plan)."""
     body = json.dumps(bundle).encode()
-    doc = fhir_record(
-        str(uuid.uuid4()), received, body, {"client_id": "rjr-ehr", "ods": "RJR"}, "10.1.2.3", {"interaction": "bundle"}
-    )
     plan = [  # the entry plan that intake wrote before it refused such URLs: PUT ids taken from the URL
         {
             "fullUrl": entry.get("fullUrl"),
@@ -165,7 +162,17 @@ async def plant_bundle(store: Store, bundle: dict[str, Any], received: datetime)
         }
         for entry in bundle["entry"]
     ]
-    doc.update(status="ready", issues=[], fhir={"bundle_type": bundle["type"], "entries": plan})
+    doc = fhir_message(
+        str(uuid.uuid4()),
+        received,
+        body,
+        {"client_id": "rjr-ehr", "ods": "RJR"},
+        "10.1.2.3",
+        {"interaction": "bundle"},
+        status="ready",
+        issues=[],
+        fhir={"bundle_type": bundle["type"], "entries": plan},
+    ).to_doc()
     await store.messages.insert_one(doc)
     return str(doc["_id"])
 

@@ -5,7 +5,8 @@ the hub could never store; ``plan_entry`` gives each entry's resource the id the
 receipt and the stored resources agree); ``transaction_receipt`` and ``message_response`` build the
 answers, and ``with_entry_warnings`` puts the warnings (NHS numbers failing the check, entries of types
 the hub does not store) where clients read them. ``bundle_key`` makes a resend a duplicate. Pure
-functions: the store and the transaction are ``fhir_intake.FhirIntake.post_bundle``'s.
+functions, put together into the Bundle's record by ``fhir_accepted.bundle_record``; the store and the
+transaction are ``fhir_intake.FhirIntake.post_bundle``'s.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +22,7 @@ from shared.fhir import FhirError, Resource, business_identifiers, operation_out
 from shared.nhs import check_nhs_numbers
 
 from .bundle_entries import EntryRefusal
-from .fhir_ids import business_id, identifier_scope
+from .fhir_ids import business_id, identifier_scope, random_id
 from .fhir_reply import FhirReply
 
 BUNDLE_TYPES = ("transaction", "batch", "message")
@@ -104,9 +106,10 @@ def bundle_key(data: Resource, first: Resource, bundle_type: str, ods_code: str)
     return None
 
 
-def plan_entry(entry: dict[str, Any], ods_code: str) -> dict[str, Any]:
+def plan_entry(entry: dict[str, Any], ods_code: str, new_id: Callable[[], str] = random_id) -> dict[str, Any]:
     """The id this hub gives an entry's resource, so the mapper and the receipt agree on it (from its
-    business identifiers, scoped by the caller's organisation ``ods_code``: ``business_id``)."""
+    business identifiers, scoped by the caller's organisation ``ods_code``: ``business_id``; else the
+    resource's own id; else ``new_id()``, a random UUID: ``random_id``)."""
     resource = entry.get("resource") or {}
     request = entry.get("request") or {}
     method, url = request.get("method"), request.get("url", "")
@@ -115,7 +118,7 @@ def plan_entry(entry: dict[str, Any], ods_code: str) -> dict[str, Any]:
     if rtype and method == "PUT" and "?" not in url and url.count("/") == 1:
         assigned = url.split("/", 1)[1]
     elif rtype and method in (None, "POST"):
-        assigned = business_id(rtype, resource, ods_code) or resource.get("id") or str(uuid.uuid4())
+        assigned = business_id(rtype, resource, ods_code) or resource.get("id") or new_id()
     return {"fullUrl": entry.get("fullUrl"), "method": method, "url": url or None, "type": rtype, "id": assigned}
 
 

@@ -3,10 +3,13 @@
 The same identifier from the same organisation always gives the same id, so a resend finds the resource
 it created; two trusts using the same identifier get two resources, unless the identifier's system is
 national (NHS number, ODS code, GMC number). A Patient with a valid NHS number gets the id every route
-gives that number. Ids stored before scoping keep resolving (``legacy_id``).
+gives that number; a resource without a business identifier gets a random id (``random_id``). Ids
+stored before scoping keep resolving (``legacy_id``).
 """
 
 from __future__ import annotations
+
+import uuid
 
 from shared.fhir import Resource, business_identifiers
 from shared.ids import resource_id, scoped_system
@@ -33,6 +36,11 @@ def business_id(resource_type: str, data: Resource, ods_code: str) -> str | None
         return None
     system, value = identifiers[0]
     return resource_id(resource_type, identifier_scope(system, ods_code), value)
+
+
+def random_id() -> str:
+    """The id a resource without a business identifier (or, in a Bundle, an id of its own) is given."""
+    return str(uuid.uuid4())
 
 
 def legacy_id(resource_type: str, data: Resource) -> str | None:

@@ -8,6 +8,7 @@ caller's ODS code unless the identifier is national); a resource without one get
 numbers failing the check are never stored as NHS numbers (``shared.nhs.check_nhs_numbers``); the sender
 is warned in the answer and on the record.
 Bundles are validated, stored and queued; the mapper resolves their entries and internal references.
+What is stored for an accepted body is built without I/O by ``fhir_accepted``; this class reads and writes.
 """
 
 from __future__ import annotations
@@ -26,35 +27,20 @@ from shared.fhir import (
     FHIR_VERSION,
     FhirError,
     Resource,
-    check_content_type,
     operation_outcome,
-    parse_json,
-    validate,
 )
 from shared.fhir import issue as fhir_issue
-from shared.fhir_messages import fhir_record
-from shared.hna import check_responses as check_hna_responses
-from shared.nhs import check_nhs_numbers
+from shared.fhir_messages import fhir_message
 from shared.normalise import normalised
 from shared.resources import ResourceStore, content_of
 from shared.retry import TransactionRetry, TransientError, run_transaction
 from shared.store import DURABLE, Document, Store
-from shared.versions import NewVersion, next_version, source_of, write_versions
+from shared.versions import NewVersion, write_versions
 
-from .bundle_entries import bundle_refusals
 from .committer import GroupCommitter, StoreUnavailable
-from .fhir_bundles import (
-    BUNDLE_TYPES,
-    bundle_key,
-    check_update_targets,
-    message_response,
-    nhs_number_warnings,
-    plan_entry,
-    refused,
-    transaction_receipt,
-    with_entry_warnings,
-)
-from .fhir_ids import business_id, identifier_scope, legacy_id
+from .fhir_accepted import bundle_record, created_record, prepared_create, read_body
+from .fhir_bundles import check_update_targets
+from .fhir_ids import business_id, identifier_scope, legacy_id, random_id
 from .fhir_reply import FhirReply, etag, http_date
 from .hl7_intake import new_id
 
@@ -107,19 +93,30 @@ class FhirIntake:
         self._base = base_url.rstrip("/") + "/fhir"
         self._clock = clock or (lambda: datetime.now(UTC))
 
-    def _record(self, body: bytes, caller: Caller, peer: str, header: dict[str, Any]) -> Document:
-        return fhir_record(new_id(), self._clock(), body, caller.to_doc(), peer, header)
+    def _rejected(
+        self, body: bytes, error: FhirError, caller: Caller, peer: str, header: dict[str, Any], size: int | None = None
+    ) -> Document:
+        """The record of a refused body: the reason and the status answered, the OperationOutcome's issues."""
+        return fhir_message(
+            new_id(),
+            self._clock(),
+            body,
+            caller.to_doc(),
+            peer,
+            header,
+            status="rejected",
+            reason=error.issues[0]["diagnostics"],
+            http_status=error.status,
+            issues=error.issues,
+            size=size,
+        ).to_doc()
 
     async def keep_rejected(
         self, body: bytes, error: FhirError, caller: Caller, peer: str, header: dict[str, Any]
     ) -> None:
         """Keep a refused body with the OperationOutcome it was answered with (then re-raise)."""
-        doc = self._record(body, caller, peer, header)
-        doc.update(
-            status="rejected", reason=error.issues[0]["diagnostics"], http_status=error.status, issues=error.issues
-        )
         try:
-            await self._committer.commit([doc])
+            await self._committer.commit([self._rejected(body, error, caller, peer, header)])
         except StoreUnavailable as exc:
             log.error("rejected FHIR body not stored", extra={"reason": str(exc)})
 
@@ -133,17 +130,8 @@ class FhirIntake:
             "too-costly",
             f"body of {size} bytes exceeds the limit of {limit} bytes (MSCC_MLLP_MAX_MESSAGE_BYTES)",
         )
-        doc = self._record(head, caller, peer, header)
-        doc.update(
-            status="rejected",
-            reason=error.issues[0]["diagnostics"],
-            http_status=413,
-            issues=error.issues,
-            size=size,
-            truncated=True,
-        )
         try:
-            await self._committer.commit([doc])
+            await self._committer.commit([self._rejected(head, error, caller, peer, header, size)])
         except StoreUnavailable as exc:
             log.error("oversize FHIR body not stored", extra={"reason": str(exc)})
         return error
@@ -152,13 +140,7 @@ class FhirIntake:
         self, body: bytes, content_type: str | None, expected: str, caller: Caller, peer: str, header: dict[str, Any]
     ) -> Resource:
         try:
-            check_content_type(content_type)
-            # A Bundle's entries are checked against required bindings one by one (a batch refuses only
-            # the offending entry): see bundle_entries.
-            data = validate(parse_json(body), expected, bindings=expected != "Bundle")
-            # An HNA (alone or in any Bundle) must answer the hub's Questionnaire: 422 naming the item.
-            check_hna_responses(data)
-            return data
+            return read_body(body, content_type, expected)
         except FhirError as error:
             await self.keep_rejected(body, error, caller, peer, header)
             raise
@@ -195,16 +177,10 @@ class FhirIntake:
         """
         header: dict[str, Any] = {"interaction": "create", "resource_type": resource_type}
         data = await self._validated(body, content_type, resource_type, caller, peer, header)
-        data, invalid = check_nhs_numbers(data)
-        # Stored as the mapper would store it (UK Core profile, the patient linked by NHS number), so
-        # version 1 is the normalised resource and the mapper never writes a version 2 just to add them.
-        data, _ = normalised(data)
-        warnings = [finding.issue() for finding in invalid]
+        data, warnings = prepared_create(data)
         try:
             try:
-                reply = await self._conditional_create(
-                    resource_type, data, body, if_none_exist, caller, peer, header, warnings
-                )
+                reply = await self._conditional_create(resource_type, data, body, if_none_exist, caller, peer, warnings)
             except PyMongoError as exc:
                 raise _unavailable(f"{resource_type} not stored", exc) from exc
         except FhirError as error:
@@ -261,7 +237,6 @@ class FhirIntake:
         if_none_exist: str | None,
         caller: Caller,
         peer: str,
-        header: dict[str, Any],
         warnings: list[dict[str, Any]],
     ) -> FhirReply:
         """The If-None-Exist match in the caller's scope if there is one, else a create; ``FhirError``
@@ -277,11 +252,10 @@ class FhirIntake:
             if matches:
                 return self._existing_reply(matches[0])
         scoped = business_id(resource_type, data, caller.ods_code)
-        if scoped is None:
-            rid = str(uuid.uuid4())
-        else:
-            rid = await self._owned_legacy(resource_type, data, scoped, caller) or scoped
-        return await self._create_new(resource_type, rid, data, body, caller, peer, header, warnings)
+        # Without a business identifier: a random id; with one, the pre-scoping id this caller owns, if any.
+        owned = None if scoped is None else await self._owned_legacy(resource_type, data, scoped, caller)
+        rid = owned or scoped or random_id()
+        return await self._create_new(resource_type, rid, data, body, caller, peer, warnings)
 
     async def _create_new(
         self,
@@ -291,7 +265,6 @@ class FhirIntake:
         body: bytes,
         caller: Caller,
         peer: str,
-        header: dict[str, Any],
         warnings: list[dict[str, Any]] | None = None,
     ) -> FhirReply:
         """Create version 1 of ``rid`` (with its "created" event, through the one write path), or answer
@@ -314,18 +287,8 @@ class FhirIntake:
                     f"{resource_type}/{rid} already exists for this business identifier with other content "
                     "(this server does not update resources): use If-None-Exist to get the stored one",
                 )
-            record = self._record(body, caller, peer, {**header, "id": rid})
-            now = record["received_at"]
-            new = next_version(
-                None,
-                {**data, "id": rid},
-                now=now,
-                source=source_of(record["_id"], "urn:mscc:intake"),
-                message_id=record["_id"],
-                source_time=now,
-            )
-            assert new is not None  # a first version is always a change
-            record.update(status="ready", issues=warnings or [], fhir={"resources": [f"{resource_type}/{rid}"]})
+            now = self._clock()
+            record, new = created_record(body, caller, peer, new_id(), now, resource_type, rid, data, warnings or [])
             await self._write_created(record, new)
             return FhirReply(
                 201,
@@ -357,56 +320,10 @@ class FhirIntake:
         header: dict[str, Any] = {"interaction": "bundle"}
         data = await self._validated(body, content_type, "Bundle", caller, peer, header)
         try:
-            bundle_type = data.get("type")
-            if bundle_type not in BUNDLE_TYPES:
-                raise FhirError(
-                    400,
-                    "not-supported",
-                    f"Bundle.type {bundle_type!r}: POST /fhir takes transaction, batch or message Bundles",
-                    expression=["Bundle.type"],
-                )
-            entries = data.get("entry") or []
-            first = (entries[0].get("resource") or {}) if entries else {}
-            if bundle_type == "message" and first.get("resourceType") != "MessageHeader":
-                raise FhirError(
-                    400,
-                    "invalid",
-                    "a message Bundle's first entry must be a MessageHeader",
-                    expression=["Bundle.entry[0].resource"],
-                )
-            refusals, not_stored = bundle_refusals(bundle_type, entries)
-            # Batch entries refused above are answered one by one, not by refusing the whole Bundle.
-            check_update_targets([{} if index in refusals else entry for index, entry in enumerate(entries)])
+            record = bundle_record(data, body, caller, peer, new_id(), self._clock(), self._base)
         except FhirError as error:
             await self.keep_rejected(body, error, caller, peer, header)
             raise
-        record = self._record(
-            body, caller, peer, {**header, "bundle_type": bundle_type, "message_header": first.get("id")}
-        )
-        plan = [
-            plan_entry(entry, caller.ods_code) | refused(refusals.get(index)) for index, entry in enumerate(entries)
-        ]
-        reply = (
-            message_response(data, first, record["_id"], self._base, self._clock())
-            if bundle_type == "message"
-            else transaction_receipt(bundle_type, plan)
-        )
-        warnings = nhs_number_warnings(entries)
-        # A refused entry is answered with its refusal alone (nothing of it is applied); a message entry
-        # the hub does not store is named in the response.
-        warnings = {i: w for i, w in warnings.items() if i not in refusals}
-        for index, issues in not_stored.items():
-            warnings[index] = [*warnings.get(index, []), *issues]
-        reply = with_entry_warnings(reply, warnings)
-        record.update(
-            status="ready",
-            issues=[w for index in sorted(warnings) for w in warnings[index]],
-            fhir={"bundle_type": bundle_type, "entries": plan},
-            reply={"status": reply.status, "body": reply.body},
-        )
-        key = bundle_key(data, first, bundle_type, caller.ods_code)
-        if key:
-            record["dedup_key"] = key
         try:
             [committed] = await self._committer.commit([record])
         except StoreUnavailable as exc:

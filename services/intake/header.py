@@ -299,7 +299,12 @@ def nhs_number_issues(data: bytes, spans: list[SegmentSpan], seps: Separators) -
     pid = next((span for span in spans if span.name(data) == b"PID"), None)
     if pid is None:
         return []
-    fields = data[pid.start : pid.end].decode("latin-1").split(seps.field)
+    segment = data[pid.start : pid.end]
+    # Every marker contains "NH" ("NH", "NHSNMBR", "NHS"): without it there is nothing to check, and
+    # the ACK path stays as cheap as it was. Only PID-1..3 are split off the rest.
+    if b"NH" not in segment.upper():
+        return []
+    fields = segment.decode("latin-1").split(seps.field, max(NHS_NUMBER_FIELDS) + 1)
     issues = []
     for number in NHS_NUMBER_FIELDS:
         if number >= len(fields):

@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 
 from shared.auth import Caller
 from shared.er7 import SegmentSpan, segment_spans
+from shared.messages import HL7V2, HL7V2_BATCH, MessageRecord
 from shared.store import Document
 
 from .ack import ack_code, build_ack, should_reply
@@ -63,19 +64,86 @@ class Arrival:
     caller: Caller
     charset: str | None = None  # an HTTP Content-Type charset, which wins over MSH-18
 
-    def record(self, record_id: str, raw: bytes) -> Document:
-        """The fields every inbound record starts with (raw bytes kept exactly)."""
-        return {
-            "_id": record_id,
-            "received_at": self.now,
-            "protocol": "hl7v2",
-            "channel": self.channel,
-            "peer": self.peer,
-            "caller": self.caller.to_doc(),
-            "raw": raw,
-            "size": len(raw),
-            "attempts": 0,
-        }
+    def accepted(
+        self,
+        record_id: str,
+        raw: bytes,
+        read: HeaderRead,
+        ack: str,
+        dedup: str | None,
+        batch: dict[str, Any] | None,
+    ) -> MessageRecord:
+        """The record of an accepted message: queued for the mapper ("ready"), raw bytes kept exactly."""
+        return MessageRecord(
+            id=record_id,
+            received_at=self.now,
+            protocol=HL7V2,
+            channel=self.channel,
+            peer=self.peer,
+            caller=self.caller.to_doc(),
+            raw=raw,
+            status="ready",
+            header=read.header.to_doc(),
+            text=read.text,
+            charset=read.charset,
+            issues=[i.to_doc() for i in read.issues],
+            control_key=control_key(read.header),
+            ack={"code": "AA", "text": ack},
+            dedup_key=dedup,
+            batch=batch,
+        )
+
+    def rejected(
+        self,
+        record_id: str,
+        raw: bytes,
+        reason: str,
+        issue: Issue,
+        header: MessageHeader | None,
+        ack: dict[str, Any] | None,
+        *,
+        batch: dict[str, Any] | None = None,
+        size: int | None = None,
+        truncated: bool = False,
+    ) -> MessageRecord:
+        """The record of refused bytes, kept with the reason (and the AR answered, if any). ``size`` is
+        the full size of a frame of which only the first bytes are kept (``truncated``)."""
+        return MessageRecord(
+            id=record_id,
+            received_at=self.now,
+            protocol=HL7V2,
+            channel=self.channel,
+            peer=self.peer,
+            caller=self.caller.to_doc(),
+            raw=raw,
+            size=size,
+            status="rejected",
+            reason=reason,
+            issues=[issue.to_doc()],
+            header=header.to_doc() if header else None,
+            text=raw.decode("latin-1"),
+            charset=None,
+            ack=ack,
+            batch=batch,
+            truncated=truncated,
+        )
+
+    def envelope(self, batch_id: str, data: bytes, children: list[str]) -> MessageRecord:
+        """The record of a batch's envelope (the whole frame); its messages are records of their own."""
+        return MessageRecord(
+            id=batch_id,
+            received_at=self.now,
+            protocol=HL7V2_BATCH,
+            channel=self.channel,
+            peer=self.peer,
+            caller=self.caller.to_doc(),
+            raw=data,
+            status="split",
+            text=data.decode("latin-1"),
+            charset=None,
+            children=children,
+            issues=[],
+        )
 
 
 @dataclass(frozen=True)
@@ -182,14 +250,19 @@ class Hl7Intake:
         )
 
     def _prepare(
-        self, data: bytes, spans: list[SegmentSpan], raw: bytes, arrival: Arrival
-    ) -> tuple[Document, MessageHeader | None]:
+        self,
+        data: bytes,
+        spans: list[SegmentSpan],
+        raw: bytes,
+        arrival: Arrival,
+        batch: dict[str, Any] | None = None,
+    ) -> tuple[MessageRecord, MessageHeader | None]:
         """Build the record for one message: accepted ("ready") or rejected, with its ACK inside.
 
-        ``raw`` is what is kept byte-exact: the whole frame, or the message's slice of a batch.
+        ``raw`` is what is kept byte-exact: the whole frame, or the message's slice of a batch (whose
+        place in it is ``batch``: id, index, count).
         """
         record_id = new_id()
-        doc = arrival.record(record_id, raw)
         header: MessageHeader | None = None
         try:
             read: HeaderRead = read_message(
@@ -204,29 +277,11 @@ class Hl7Intake:
         except Rejection as rejection:
             header = header or _try_header(data, spans)
             issue = Issue("E", rejection.code, rejection.reason, rejection.location)
-            doc.update(
-                status="rejected",
-                reason=rejection.reason,
-                issues=[issue.to_doc()],
-                header=header.to_doc() if header else None,
-                text=raw.decode("latin-1"),
-                charset=None,
-                ack={"code": rejection.ack, "text": self._ack(header, rejection.ack, record_id, [issue], arrival.now)},
-            )
-            return doc, header
-        doc.update(
-            status="ready",
-            header=header.to_doc(),
-            text=read.text,
-            charset=read.charset,
-            issues=[i.to_doc() for i in read.issues],
-            control_key=control_key(header),
-            ack={"code": "AA", "text": self._ack(header, "AA", record_id, read.issues, arrival.now)},
-        )
-        key = dedup_key(header, content_digest(data, spans, header))
-        if key:
-            doc["dedup_key"] = key
-        return doc, header
+            ack = {"code": rejection.ack, "text": self._ack(header, rejection.ack, record_id, [issue], arrival.now)}
+            return arrival.rejected(record_id, raw, rejection.reason, issue, header, ack, batch=batch), header
+        ack_text = self._ack(header, "AA", record_id, read.issues, arrival.now)
+        dedup = dedup_key(header, content_digest(data, spans, header))
+        return arrival.accepted(record_id, raw, read, ack_text, dedup or None, batch), header
 
     async def _commit(self, docs: list[Document]) -> list[Committed] | None:
         try:
@@ -251,8 +306,8 @@ class Hl7Intake:
         return result.document
 
     async def _receive_one(self, data: bytes, spans: list[SegmentSpan], arrival: Arrival) -> Reply:
-        doc, header = self._prepare(data, spans, data, arrival)
-        committed = await self._commit([doc])
+        record, header = self._prepare(data, spans, data, arrival)
+        committed = await self._commit([record.to_doc()])
         if committed is None:
             return self._unavailable(header, arrival.now)
         stored = await self._stored(committed[0], arrival.now)
@@ -282,27 +337,21 @@ class Hl7Intake:
         header: MessageHeader | None,
         rejection: Rejection,
         arrival: Arrival,
-        extra: dict[str, Any] | None = None,
         *,
+        size: int | None = None,
         original_mode: bool = False,
     ) -> Reply:
-        """Keep refused bytes with the reason and answer AR (always sent). ``original_mode`` answers an
-        envelope: its messages' MSH-15/16 say nothing about how to answer the envelope itself."""
+        """Keep refused bytes with the reason and answer AR (always sent). ``size``: the full size of a
+        frame of which only ``data``, its first bytes, is kept. ``original_mode`` answers an envelope:
+        its messages' MSH-15/16 say nothing about how to answer the envelope itself."""
         record_id = new_id()
         issue = Issue("E", rejection.code, rejection.reason, rejection.location)
         text = self._ack(header, rejection.ack, record_id, [issue], arrival.now, original_mode=original_mode)
-        doc = arrival.record(record_id, data)
-        doc.update(
-            status="rejected",
-            reason=rejection.reason,
-            issues=[issue.to_doc()],
-            text=data.decode("latin-1"),
-            charset=None,
-            header=header.to_doc() if header else None,
-            ack={"code": rejection.ack, "text": text},
-            **(extra or {}),
+        ack = {"code": rejection.ack, "text": text}
+        record = arrival.rejected(
+            record_id, data, rejection.reason, issue, header, ack, size=size, truncated=size is not None
         )
-        if await self._commit([doc]) is None:
+        if await self._commit([record.to_doc()]) is None:
             return self._unavailable(header, arrival.now)
         code = rejection.ack if original_mode else ack_code(rejection.ack, header)
         return Reply(text.encode("utf-8"), code, (record_id,))
@@ -318,24 +367,17 @@ class Hl7Intake:
             "(MSCC_MLLP_MAX_MESSAGE_BYTES); its first bytes are kept",
         )
         arrival = self._arrival(channel, peer, caller)
-        return await self._store_rejection(head, header, rejection, arrival, {"size": size, "truncated": True})
+        return await self._store_rejection(head, header, rejection, arrival, size=size)
 
     async def keep_unacknowledged(
         self, data: bytes, reason: str, *, channel: str, peer: str, caller: Caller
     ) -> str | None:
         """Keep bytes that cannot be answered (outside a frame, an unfinished frame) with the reason."""
         record_id = new_id()
-        doc = self._arrival(channel, peer, caller).record(record_id, data)
-        doc.update(
-            status="rejected",
-            reason=reason,
-            text=data.decode("latin-1"),
-            charset=None,
-            header=None,
-            ack=None,
-            issues=[Issue("E", 100, reason).to_doc()],
+        record = self._arrival(channel, peer, caller).rejected(
+            record_id, data, reason, Issue("E", 100, reason), None, None
         )
-        if await self._commit([doc]) is None:
+        if await self._commit([record.to_doc()]) is None:
             return None
         log.warning("kept unacknowledged bytes", extra={"record": record_id, "reason": reason, "peer": peer})
         return record_id
@@ -344,19 +386,19 @@ class Hl7Intake:
         self, data: bytes, messages: list[list[SegmentSpan]], file_header: bool, arrival: Arrival
     ) -> Reply:
         batch_id = new_id()
-        prepared = [self._prepare(data, spans, data[spans[0].start : spans[-1].stop], arrival) for spans in messages]
-        for index, (doc, _) in enumerate(prepared):
-            doc["batch"] = {"id": batch_id, "index": index, "count": len(prepared)}
-        envelope = arrival.record(batch_id, data)
-        envelope.update(
-            protocol="hl7v2-batch",
-            status="split",
-            text=data.decode("latin-1"),
-            charset=None,
-            children=[doc["_id"] for doc, _ in prepared],
-            issues=[],
-        )
-        committed = await self._commit([envelope] + [doc for doc, _ in prepared])
+        count = len(messages)
+        prepared = [
+            self._prepare(
+                data,
+                spans,
+                data[spans[0].start : spans[-1].stop],
+                arrival,
+                {"id": batch_id, "index": i, "count": count},
+            )
+            for i, spans in enumerate(messages)
+        ]
+        envelope = arrival.envelope(batch_id, data, [record.id for record, _ in prepared])
+        committed = await self._commit([envelope.to_doc()] + [record.to_doc() for record, _ in prepared])
         first_header = next((h for _, h in prepared if h is not None), None)
         if committed is None:
             return self._unavailable(first_header, arrival.now)
@@ -364,7 +406,7 @@ class Hl7Intake:
         codes = [doc["ack"]["code"] for doc in stored]
         body = self._batch_ack([doc["ack"]["text"] for doc in stored], first_header, file_header, batch_id, arrival.now)
         worst = "AR" if "AR" in codes else "AE" if "AE" in codes else "AA"
-        return Reply(body.encode("utf-8"), worst, (batch_id, *(d["_id"] for d, _ in prepared)))
+        return Reply(body.encode("utf-8"), worst, (batch_id, *(record.id for record, _ in prepared)))
 
     def _batch_ack(
         self, acks: list[str], header: MessageHeader | None, file_header: bool, batch_id: str, now: datetime

@@ -109,6 +109,32 @@ def map_created(record: Document, derive: Derive) -> MappingResult:
     return result
 
 
+def entry_targets(entries: list[dict[str, Any]], plan: list[dict[str, Any]]) -> dict[str, str]:
+    """References to other entries of the Bundle -> the ``Type/id`` the hub gives those entries.
+
+    An entry is referred to by its fullUrl (``urn:uuid:...`` or absolute), or relatively by the
+    ``Type/id`` it carries in the Bundle (its resource's id, or the tail of an absolute fullUrl). The
+    hub stores each entry under an id of its own, so every such reference is rewritten: left as sent,
+    ``Patient/pat2`` would name whatever the hub holds under that id, another patient or none.
+    """
+    targets: dict[str, str] = {}
+    for entry, item in zip(entries, plan, strict=True):
+        rtype, new_id = item.get("type"), item.get("id")
+        if rtype not in STORED_TYPES or not new_id:
+            continue
+        target = f"{rtype}/{new_id}"
+        full_url = item.get("fullUrl")
+        if full_url:
+            targets[full_url] = target
+            tail = str(full_url).rstrip("/").split("/")[-2:]
+            if len(tail) == 2 and tail[0] == rtype and not str(full_url).startswith("urn:"):
+                targets.setdefault(f"{rtype}/{tail[1]}", target)
+        old_id = (entry.get("resource") or {}).get("id")
+        if isinstance(old_id, str) and old_id:
+            targets.setdefault(f"{rtype}/{old_id}", target)
+    return targets
+
+
 def map_bundle(record: Document, derive: Derive) -> MappingResult:
     """A transaction, batch or message Bundle: its supported entries, references resolved."""
     data: Resource = json.loads(record["raw"])
@@ -116,11 +142,7 @@ def map_bundle(record: Document, derive: Derive) -> MappingResult:
     plan: list[dict[str, Any]] = record.get("fhir", {}).get("entries") or []
     if len(plan) != len(entries):
         raise MappingError("the record's entry plan does not match the Bundle (stored by an older intake?)")
-    targets: dict[str, str] = {}
-    for item in plan:
-        if item.get("fullUrl") and item.get("type") in STORED_TYPES and item.get("id"):
-            targets[item["fullUrl"]] = f"{item['type']}/{item['id']}"
-            # A resource may also be referred to by its relative Type/old-id from the same Bundle.
+    targets = entry_targets(entries, plan)
     result = MappingResult(source_time=_source_time(data, record.get("received_at")))
     bundle_type = data.get("type")
     for index, (entry, item) in enumerate(zip(entries, plan, strict=True)):

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl
 
+from shared.records import OutboxEvent
 from shared.store import Document
 
 if TYPE_CHECKING:
@@ -230,22 +231,29 @@ class ChangeEvent:
 
     @classmethod
     def from_outbox(cls, doc: Document) -> ChangeEvent | None:
-        """The event, or None when it names no focus (neither ``focus`` nor type/id/version)."""
-        focus = Focus.parse(doc.get("focus")) if doc.get("focus") else None
-        if focus is None and isinstance(doc.get("type"), str) and doc.get("id") is not None:
-            version = doc.get("version")
-            focus = Focus(doc["type"], str(doc["id"]), int(version) if isinstance(version, int) else None)
+        """The event of an outbox document (read as ``shared.records.OutboxEvent``: ``KeyError`` or
+        ``TypeError`` when the hub did not write it, which the fan-out holds as a failed event), or None
+        when it names no focus (neither ``focus`` nor type/id)."""
+        return cls.from_event(OutboxEvent.from_doc(doc))
+
+    @classmethod
+    def from_event(cls, event: OutboxEvent) -> ChangeEvent | None:
+        """What the notifier needs of ``event``: its focus (``focus`` if set, else type/id/version), when
+        it happened and the facts subscribers are told (``DETAIL_KEYS``)."""
+        focus = Focus.parse(event.focus) if event.focus else None
+        if focus is None and event.type and event.resource_id:
+            focus = Focus(event.type, str(event.resource_id), event.version)
         if focus is None:
             return None
-        created = doc.get("created_at")
-        recorded = utc(created) if isinstance(created, datetime) else datetime.now(UTC)
-        occurred = utc(doc["at"]) if isinstance(doc.get("at"), datetime) else recorded
+        recorded = utc(event.created_at)
+        at = event.extra.get("at")
+        occurred = utc(at) if isinstance(at, datetime) else recorded
         detail = {
-            k: instant(doc[k]) if isinstance(doc[k], datetime) else str(doc[k])
+            k: instant(value) if isinstance(value, datetime) else str(value)
             for k in DETAIL_KEYS
-            if doc.get(k) is not None
+            if (value := event.extra.get(k)) is not None
         }
-        return cls(str(doc["_id"]), str(doc.get("kind") or "updated"), focus, occurred, recorded, detail)
+        return cls(str(event.id), str(event.kind or "updated"), focus, occurred, recorded, detail)
 
     def to_doc(self) -> Document:
         return {

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.fhir import Resource
-from shared.fhir_messages import fhir_record
+from shared.fhir_messages import fhir_message
 from shared.records import MessageOutcome
 from shared.retry import Conflict as Conflict
 from shared.retry import TransactionRetry
@@ -90,9 +90,7 @@ def applied_record(
     resources: list[str],
 ) -> Document:
     """The ``messages`` document of an inbound request applied directly (not queued for the mapper)."""
-    return {
-        **fhir_record(record_id, now, body, caller, peer, header),
-        "status": "applied",
-        "issues": [],
-        "processing": MessageOutcome("applied", now, tuple(resources)).to_doc(),
-    }
+    processing = MessageOutcome("applied", now, tuple(resources))
+    return fhir_message(
+        record_id, now, body, caller, peer, header, status="applied", issues=[], processing=processing
+    ).to_doc()
