@@ -13,12 +13,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
 from services.api.app import create_app
 from services.intake.service import IntakeService
+from services.notifier.http import client_session
 from shared.mongod import LocalMongod, find_mongod
 from shared.settings import Settings
 from shared.store import Document, Store, connect
@@ -92,3 +94,10 @@ async def http(intake: IntakeService) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(intake))
     async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as client:
         yield client
+
+
+@pytest.fixture
+async def session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession]:
+    """The notifier's outbound HTTP session, built from the test file's settings (its allow-list)."""
+    async with client_session(settings) as shared:
+        yield shared

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 import pytest
+from receivers import RBL_REFERRALS, loopback_settings, message_channel, serve_tcp, subscription_body
 
-from services.notifier.backport import CHANNEL_TYPE, FILTER_CRITERIA, channel_type_system
 from services.notifier.channels import (
     Answer,
     Needs,
@@ -40,7 +40,6 @@ from services.notifier.http import client_session
 from services.notifier.model import Delivery, PayloadContent, SendResult, Subscription
 from services.notifier.service import NotifierService
 from services.notifier.subscriptions import SubscriptionService
-from services.notifier.topics import topic_url
 from shared.auth import Caller
 from shared.fhir import FhirError, Resource
 from shared.settings import Settings
@@ -212,9 +211,7 @@ class Clock:
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={"notifier_allowed_hosts": ["127.0.0.1"], "notifier_allow_http": True, "notifier_timeout_s": 2.0}
-    )
+    return loopback_settings(settings, notifier_timeout_s=2.0)
 
 
 @pytest.fixture
@@ -228,35 +225,15 @@ def line_channel() -> Iterator[LineChannel]:
 @pytest.fixture
 async def line_receiver() -> AsyncIterator[LineReceiver]:
     receiver = LineReceiver()
-    server = await asyncio.start_server(receiver.serve, "127.0.0.1", 0)
-    receiver.port = server.sockets[0].getsockname()[1]
-    yield receiver
-    server.close()
-    await server.wait_closed()
+    async with serve_tcp(receiver.serve) as port:
+        receiver.port = port
+        yield receiver
 
 
 def line_subscription(settings: Settings, endpoint: str, code: str = "json-line") -> dict[str, Any]:
-    return {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "RBL acute oncology: MSCC referral updates to the ward board",
-        "criteria": topic_url(settings.base_url, "referral-status"),
-        "_criteria": {
-            "extension": [{"url": FILTER_CRITERIA, "valueString": "ServiceRequest?requester=Organization/RBL"}]
-        },
-        "channel": {
-            "type": "message",
-            "_type": {
-                "extension": [
-                    {
-                        "url": CHANNEL_TYPE,
-                        "valueCoding": {"system": channel_type_system(settings.base_url), "code": code},
-                    }
-                ]
-            },
-            "endpoint": endpoint,
-        },
-    }
+    reason = "RBL acute oncology: MSCC referral updates to the ward board"
+    channel = message_channel(settings, endpoint, code)
+    return subscription_body(settings, channel, topic="referral-status", reason=reason, filters=[RBL_REFERRALS])
 
 
 def referral(rid: str, version: int, status: str, note: str) -> dict[str, Any]:

@@ -17,13 +17,25 @@ import aiohttp
 import httpx
 import pytest
 from aiohttp import web
+from receivers import (
+    RBL_REFERRALS,
+    ack,
+    answer_frames,
+    loopback_settings,
+    message_channel,
+    notification_type,
+    post_subscription,
+    rest_hook_channel,
+    serve_http,
+    serve_tcp,
+    subscription_body,
+)
 
 from services.intake.service import IntakeService
 from services.mapper.hl7 import map_hl7v2
 from services.mapper.service import MapperService
 from services.mapper.worker import WorkerConfig
-from services.notifier.backport import CHANNEL_TYPE, FILTER_CRITERIA, PAYLOAD_CONTENT, channel_type_system
-from services.notifier.http import client_session
+from services.notifier.backport import FILTER_CRITERIA
 from services.notifier.service import NotifierService
 from services.notifier.subscriptions import SubscriptionService
 from services.notifier.topics import topic_url
@@ -31,7 +43,6 @@ from services.pathway.data_quality import Referral, minimum_data, primary_cancer
 from shared.auth import Caller
 from shared.er7 import parse_message
 from shared.fhir import FhirError
-from shared.mllp import Frame, FrameDecoder, frame
 from shared.settings import Settings
 from shared.store import Store
 
@@ -42,15 +53,7 @@ NHS = "https://fhir.nhs.uk/Id/nhs-number"
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update=dict(notifier_allowed_hosts=["127.0.0.1"], notifier_allow_http=True, notifier_timeout_s=2.0)
-    )
-
-
-@pytest.fixture
-async def session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session(settings) as shared:
-        yield shared
+    return loopback_settings(settings, notifier_timeout_s=2.0)
 
 
 @dataclass
@@ -62,8 +65,7 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         bundle = json.loads(await request.read())
-        params = {p["name"]: p for p in bundle["entry"][0]["resource"]["parameter"]}
-        if params["type"]["valueCode"] == "event-notification":
+        if notification_type(bundle) == "event-notification":
             self.bundles.append(bundle)
         return web.Response(status=200)
 
@@ -75,34 +77,16 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    yield rec
-    await runner.cleanup()
+    async with serve_http(rec.handle) as base:
+        rec.url = f"{base}/hook"
+        yield rec
 
 
 async def subscribe(http: httpx.AsyncClient, settings: Settings, url: str, topic: str, *filters: str) -> str:
-    body = {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "Acute Oncology updates",
-        "criteria": topic_url(settings.base_url, topic),
-        "_criteria": {"extension": [{"url": FILTER_CRITERIA, "valueString": f} for f in filters]},
-        "channel": {
-            "type": "rest-hook",
-            "endpoint": url,
-            "payload": "application/fhir+json",
-            "_payload": {"extension": [{"url": PAYLOAD_CONTENT, "valueCode": "full-resource"}]},
-        },
-    }
-    created = await http.post("/fhir/Subscription", json=body, headers=FHIR_JSON)
-    assert created.status_code == 201, created.text
-    return str(created.json()["id"])
+    body = subscription_body(
+        settings, rest_hook_channel(url), topic=topic, reason="Acute Oncology updates", filters=filters
+    )
+    return await post_subscription(http, body)
 
 
 async def send_hl7(http: httpx.AsyncClient, *segments: str) -> str:
@@ -251,51 +235,21 @@ async def test_an_mllp_subscriber_gets_an_rri_i12_naming_the_patient_and_what_is
     PID-3 (the Task names it in ``for``, not ``subject``) and each missing item is an NTE."""
     received: list[bytes] = []
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = FrameDecoder(1 << 20)
-        while data := await reader.read(65536):
-            for event in decoder.feed(data):
-                if isinstance(event, Frame):
-                    received.append(event.data)
-                    control = parse_message(event.data.decode()).first("MSH")
-                    assert control is not None
-                    ack = f"MSH|^~\\&|AOS|RBL|MSCC-HUB|REN|20261125||ACK^I12^ACK|A1|P|2.5\rMSA|AA|{control.field(10)}\r"
-                    writer.write(frame(ack.encode()))
-                    await writer.drain()
-        writer.close()
+    async def answer(message: bytes) -> str:
+        received.append(message)
+        return ack(message.decode())
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    body = {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "data quality to the Wirral engine",
-        "criteria": topic_url(intake.settings.base_url, "data-quality"),
-        "_criteria": {
-            "extension": [{"url": FILTER_CRITERIA, "valueString": "ServiceRequest?requester=Organization/RBL"}]
-        },
-        "channel": {
-            "type": "message",
-            "_type": {
-                "extension": [
-                    {
-                        "url": CHANNEL_TYPE,
-                        "valueCoding": {"system": channel_type_system(intake.settings.base_url), "code": "mllp"},
-                    }
-                ]
-            },
-            "endpoint": f"mllp://127.0.0.1:{port}",
-            "header": ["MSH-5: AOS", "MSH-6: RBL"],
-        },
-    }
-    try:
-        assert (await http.post("/fhir/Subscription", json=body, headers=FHIR_JSON)).status_code == 201
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await answer_frames(reader, writer, answer)
+
+    async with serve_tcp(serve) as port:
+        channel = message_channel(intake.settings, f"mllp://127.0.0.1:{port}", header=["MSH-5: AOS", "MSH-6: RBL"])
+        reason = "data quality to the Wirral engine"
+        body = subscription_body(intake.settings, channel, topic="data-quality", reason=reason, filters=[RBL_REFERRALS])
+        await post_subscription(http, body)
         prd = prd_segment("OKAFOR^ADAEZE^^^Dr", organisation="RBL")
         await send_hl7(http, msh("RBL", "I12", "RBL-0300"), RF1, prd, PID_NHS, PV1, DG1_PROSTATE)
         await run(intake, session)
-    finally:
-        server.close()
-        await server.wait_closed()
     [message] = received
     parsed = parse_message(message.decode())
     pid = parsed.first("PID")

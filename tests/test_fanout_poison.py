@@ -16,32 +16,31 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from receivers import (
+    RBL_REFERRALS,
+    loopback_settings,
+    notification_type,
+    post_subscription,
+    rest_hook_channel,
+    serve_http,
+    subscription_body,
+)
 
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
 from services.mapper.worker import WorkerConfig
-from services.notifier.backport import FILTER_CRITERIA, PAYLOAD_CONTENT
 from services.notifier.fanout import DEAD, FAILED
 from services.notifier.http import client_session
 from services.notifier.service import NotifierService
-from services.notifier.topics import topic_url
 from shared.settings import Settings
 from shared.store import Store
 from shared.supervision import TaskRegistry
 
-FHIR_JSON = {"Content-Type": "application/fhir+json"}
-
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update=dict(
-            notifier_allowed_hosts=["127.0.0.1"],
-            notifier_allow_http=True,
-            notifier_timeout_s=2.0,
-            notifier_fanout_max_attempts=3,
-            notifier_fanout_retry_s=0.05,
-        )
+    return loopback_settings(
+        settings, notifier_timeout_s=2.0, notifier_fanout_max_attempts=3, notifier_fanout_retry_s=0.05
     )
 
 
@@ -54,8 +53,7 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         bundle = json.loads(await request.read())
-        params = {p["name"]: p for p in bundle["entry"][0]["resource"]["parameter"]}
-        if params["type"]["valueCode"] == "event-notification":
+        if notification_type(bundle) == "event-notification":
             self.focus.append(bundle["entry"][1]["resource"])
         return web.Response(status=200)
 
@@ -63,35 +61,17 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    yield rec
-    await runner.cleanup()
+    async with serve_http(rec.handle) as base:
+        rec.url = f"{base}/hook"
+        yield rec
 
 
 async def subscribe(http: httpx.AsyncClient, settings: Settings, url: str) -> None:
-    body = {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "Wirral Acute Oncology: referral status",
-        "criteria": topic_url(settings.base_url, "referral-status"),
-        "_criteria": {
-            "extension": [{"url": FILTER_CRITERIA, "valueString": "ServiceRequest?requester=Organization/RBL"}]
-        },
-        "channel": {
-            "type": "rest-hook",
-            "endpoint": url,
-            "payload": "application/fhir+json",
-            "_payload": {"extension": [{"url": PAYLOAD_CONTENT, "valueCode": "full-resource"}]},
-        },
-    }
-    created = await http.post("/fhir/Subscription", json=body, headers=FHIR_JSON)
-    assert created.status_code == 201, created.text
+    reason = "Wirral Acute Oncology: referral status"
+    body = subscription_body(
+        settings, rest_hook_channel(url), topic="referral-status", reason=reason, filters=[RBL_REFERRALS]
+    )
+    await post_subscription(http, body)
 
 
 def referral(control: str, referral_number: str, hospital_number: str, nhs_number: str, name: str) -> str:

@@ -16,13 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
+from receivers import RBL_REFERRALS, loopback_settings, subscription_body
 
 from services.mapper.fhir_records import map_bundle
 from services.mapper.service import MapperService
 from services.notifier.fanout import FanOut
 from services.notifier.model import ChangeEvent, Focus
 from services.notifier.subscriptions import SubscriptionService
-from services.notifier.topics import topic_url, triggered
+from services.notifier.topics import triggered
 from services.pathway.derive import derive
 from services.pathway.hna import support_plan, support_plan_id
 from shared.auth import Caller
@@ -238,23 +239,11 @@ async def test_hna_completed_is_announced_with_its_plan_to_the_referring_trust(
         "authoredOn": "2026-01-15T09:55:00+00:00",
     }
     assert (await http.post("/fhir/ServiceRequest", json=referral, headers=FHIR)).status_code == 201
-    settings = settings.model_copy(update={"notifier_allowed_hosts": ["127.0.0.1"], "notifier_allow_http": True})
+    settings = loopback_settings(settings)
     clock = lambda: datetime.now(UTC)  # noqa: E731
-    body = {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "Wirral Acute Oncology: HNA",
-        "criteria": topic_url(settings.base_url, "hna-completed"),
-        "_criteria": {
-            "extension": [
-                {
-                    "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria",
-                    "valueString": "ServiceRequest?requester=Organization/RBL",
-                }
-            ]
-        },
-        "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook", "payload": "application/fhir+json"},
-    }
+    channel = {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook", "payload": "application/fhir+json"}
+    reason = "Wirral Acute Oncology: HNA"
+    body = subscription_body(settings, channel, topic="hna-completed", reason=reason, filters=[RBL_REFERRALS])
     created = await SubscriptionService(store, settings, clock).create(body, Caller("aos-rbl", "RBL"))
     sub_id = created.resource["id"]
 

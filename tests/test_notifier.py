@@ -25,11 +25,11 @@ import pytest
 from aiohttp import web
 from fhir.resources.R4B.bundle import Bundle
 from pymongo import AsyncMongoClient
+from receivers import ack, answer_frames, message_channel, rest_hook_channel, serve_http, serve_tcp, subscription_body
 
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
 from services.mapper.worker import WorkerConfig
-from services.notifier.backport import CHANNEL_TYPE, FILTER_CRITERIA, PAYLOAD_CONTENT, channel_type_system
 from services.notifier.channels.rri import control_id
 from services.notifier.fanout import FanOut
 from services.notifier.http import client_session
@@ -41,7 +41,6 @@ from services.notifier.subscriptions import SubscriptionService
 from services.notifier.topics import topic_url
 from shared.auth import Caller
 from shared.er7 import parse_message
-from shared.mllp import Frame, FrameDecoder, frame
 from shared.settings import Settings
 from shared.store import Document, Store
 
@@ -83,12 +82,6 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-@pytest.fixture
-async def session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session(settings) as shared:
-        yield shared
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -164,17 +157,10 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    rec.url = f"http://127.0.0.1:{port}/hook"
-    yield rec
-    rec.release.set()
-    await runner.cleanup()
+    async with serve_http(rec.handle) as base:
+        rec.url = f"{base}/hook"
+        yield rec
+        rec.release.set()  # a handler still hanging must answer before the server can stop
 
 
 @dataclass
@@ -188,37 +174,23 @@ class MllpReceiver:
     port: int = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = FrameDecoder(1 << 20)
-        try:
-            while data := await reader.read(65536):
-                for event in decoder.feed(data):
-                    if isinstance(event, Frame):
-                        await self._answer(event.data, writer)
-        finally:
-            writer.close()
+        await answer_frames(reader, writer, self._answer)
 
-    async def _answer(self, message: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, message: bytes) -> str | None:
         self.messages.append(message)
         code = self.plan.pop(0) if self.plan else self.default
         if code == "silent":
-            return
-        msh = parse_message(message.decode()).first("MSH")
-        assert msh is not None
+            return None
         text = "PID-3 NHS number not recognised" if code != "AA" else ""
-        header = f"MSH|^~\\&|AOS|RBL|MSCC-HUB|REN|20261125||ACK^I12^ACK|A{len(self.messages)}|P|2.5"
-        ack = f"{header}\rMSA|{code}|{msh.field(10)}|{text}\r"
-        writer.write(frame(ack.encode()))
-        await writer.drain()
+        return ack(message.decode(), code, f"A{len(self.messages)}", text)
 
 
 @pytest.fixture
 async def mllp_receiver() -> AsyncIterator[MllpReceiver]:
     rec = MllpReceiver()
-    server = await asyncio.start_server(rec.serve, "127.0.0.1", 0)
-    rec.port = server.sockets[0].getsockname()[1]
-    yield rec
-    server.close()
-    await server.wait_closed()
+    async with serve_tcp(rec.serve) as port:
+        rec.port = port
+        yield rec
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -235,33 +207,16 @@ def subscription(
     content: str | None = "id-only",
     filters: list[str] | None = None,
 ) -> dict[str, Any]:
-    channel: dict[str, Any] = {"type": "rest-hook", "endpoint": endpoint}
-    if content is not None:
-        channel["payload"] = "application/fhir+json"
-        channel["_payload"] = {"extension": [{"url": PAYLOAD_CONTENT, "valueCode": content}]}
+    channel = (
+        rest_hook_channel(endpoint, content) if content is not None else {"type": "rest-hook", "endpoint": endpoint}
+    )
     criteria = [f"ServiceRequest?requester=Organization/{trust}", *(filters or [])]
-    return {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "Acute Oncology updates",
-        "criteria": topic_url(settings.base_url, topic),
-        "_criteria": {"extension": [{"url": FILTER_CRITERIA, "valueString": c} for c in criteria]},
-        "channel": channel,
-    }
+    return subscription_body(settings, channel, topic=topic, reason="Acute Oncology updates", filters=criteria)
 
 
 def mllp_subscription(settings: Settings, port: int) -> dict[str, Any]:
     sub = subscription(settings, "", content=None)
-    sub["channel"] = {
-        "type": "message",
-        "_type": {
-            "extension": [
-                {"url": CHANNEL_TYPE, "valueCoding": {"system": channel_type_system(settings.base_url), "code": "mllp"}}
-            ]
-        },
-        "endpoint": f"mllp://127.0.0.1:{port}",
-        "header": ["MSH-5: AOS", "MSH-6: RBL"],
-    }
+    sub["channel"] = message_channel(settings, f"mllp://127.0.0.1:{port}", header=["MSH-5: AOS", "MSH-6: RBL"])
     return sub
 
 

@@ -14,18 +14,22 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
+from receivers import (
+    RBL_REFERRALS,
+    ack,
+    answer_frames,
+    loopback_settings,
+    message_channel,
+    serve_tcp,
+    subscription_body,
+)
 
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
-from services.notifier.backport import CHANNEL_TYPE, FILTER_CRITERIA, channel_type_system
 from services.notifier.channels.rri import PatientNumber, patient_numbers
-from services.notifier.http import client_session
 from services.notifier.service import NotifierService
 from services.notifier.subscriptions import SubscriptionService
-from services.notifier.topics import topic_url
 from shared.auth import Caller
-from shared.er7 import parse_message
-from shared.mllp import Frame, FrameDecoder, frame
 from shared.nhs import INVALID_NHS_NUMBER_SYSTEM, NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM
 from shared.settings import Settings
 from shared.store import Store
@@ -42,67 +46,32 @@ class MllpReceiver:
         self.port = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = FrameDecoder(1 << 20)
-        try:
-            while data := await reader.read(65536):
-                for event in decoder.feed(data):
-                    if isinstance(event, Frame):
-                        text = event.data.decode()
-                        self.messages.append(text)
-                        msh = parse_message(text).first("MSH")
-                        assert msh is not None
-                        ack = f"MSH|^~\\&|AOS|RBL|MSCC-HUB|REN|20261125||ACK^I12^ACK|A1|P|2.5\rMSA|AA|{msh.field(10)}\r"
-                        writer.write(frame(ack.encode()))
-                        await writer.drain()
-        finally:
-            writer.close()
+        await answer_frames(reader, writer, self._answer)
+
+    async def _answer(self, message: bytes) -> str:
+        text = message.decode()
+        self.messages.append(text)
+        return ack(text)
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """The suite's settings, with the loopback receiver allowed."""
-    return settings.model_copy(update=dict(notifier_allowed_hosts=["127.0.0.1"], notifier_timeout_s=2.0))
+    return loopback_settings(settings, http=False, notifier_timeout_s=2.0)
 
 
 @pytest.fixture
 async def mllp_receiver() -> AsyncIterator[MllpReceiver]:
     receiver = MllpReceiver()
-    server = await asyncio.start_server(receiver.serve, "127.0.0.1", 0)
-    receiver.port = server.sockets[0].getsockname()[1]
-    yield receiver
-    server.close()
-    await server.wait_closed()
-
-
-@pytest.fixture
-async def session(settings: Settings) -> AsyncIterator[aiohttp.ClientSession]:
-    async with client_session(settings) as shared:
-        yield shared
+    async with serve_tcp(receiver.serve) as port:
+        receiver.port = port
+        yield receiver
 
 
 async def subscribe_mllp(store: Store, settings: Settings, port: int) -> str:
-    body = {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "Acute Oncology updates for Wirral",
-        "criteria": topic_url(settings.base_url, "referral-status"),
-        "_criteria": {
-            "extension": [{"url": FILTER_CRITERIA, "valueString": "ServiceRequest?requester=Organization/RBL"}]
-        },
-        "channel": {
-            "type": "message",
-            "_type": {
-                "extension": [
-                    {
-                        "url": CHANNEL_TYPE,
-                        "valueCoding": {"system": channel_type_system(settings.base_url), "code": "mllp"},
-                    }
-                ]
-            },
-            "endpoint": f"mllp://127.0.0.1:{port}",
-            "header": ["MSH-5: AOS", "MSH-6: RBL"],
-        },
-    }
+    channel = message_channel(settings, f"mllp://127.0.0.1:{port}", header=["MSH-5: AOS", "MSH-6: RBL"])
+    reason = "Acute Oncology updates for Wirral"
+    body = subscription_body(settings, channel, topic="referral-status", reason=reason, filters=[RBL_REFERRALS])
     written = await SubscriptionService(store, settings, lambda: datetime.now(UTC)).create(body, RBL)
     return str(written.resource["id"])
 

@@ -15,16 +15,21 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from receivers import (
+    loopback_settings,
+    notification_type,
+    post_subscription,
+    rest_hook_channel,
+    serve_http,
+    subscription_body,
+)
 
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
-from services.notifier.backport import FILTER_CRITERIA, PAYLOAD_CONTENT
 from services.notifier.http import client_session
 from services.notifier.service import NotifierService
-from services.notifier.topics import topic_url
 from shared.settings import Settings
 
-FHIR_JSON = {"Content-Type": "application/fhir+json"}
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 NHS = "9449305552"
 
@@ -48,9 +53,7 @@ SECRETS = (
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update=dict(notifier_allowed_hosts=["127.0.0.1"], notifier_allow_http=True, notifier_timeout_s=2.0)
-    )
+    return loopback_settings(settings, notifier_timeout_s=2.0)
 
 
 class Receiver:
@@ -62,8 +65,7 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         bundle = json.loads(await request.read())
-        params = {p["name"]: p for p in bundle["entry"][0]["resource"]["parameter"]}
-        if params["type"]["valueCode"] == "event-notification":
+        if notification_type(bundle) == "event-notification":
             self.focus.setdefault(request.path, []).append(bundle["entry"][1]["resource"])
         return web.Response(status=200)
 
@@ -71,33 +73,16 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/{path}", rec.handle)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    rec.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield rec
-    await runner.cleanup()
+    async with serve_http(rec.handle, "/{path}") as base:
+        rec.base = base
+        yield rec
 
 
 async def subscribe(http: httpx.AsyncClient, settings: Settings, url: str, topic: str, flt: str) -> None:
-    body = {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "MSCC coordinators' worklist",
-        "criteria": topic_url(settings.base_url, topic),
-        "_criteria": {"extension": [{"url": FILTER_CRITERIA, "valueString": flt}]},
-        "channel": {
-            "type": "rest-hook",
-            "endpoint": url,
-            "payload": "application/fhir+json",
-            "_payload": {"extension": [{"url": PAYLOAD_CONTENT, "valueCode": "full-resource"}]},
-        },
-    }
-    created = await http.post("/fhir/Subscription", json=body, headers=FHIR_JSON)
-    assert created.status_code == 201, created.text
+    reason = "MSCC coordinators' worklist"
+    await post_subscription(
+        http, subscription_body(settings, rest_hook_channel(url), topic=topic, reason=reason, filters=[flt])
+    )
 
 
 def referral(trust: str, control_id: str, pid: str, number: str) -> str:

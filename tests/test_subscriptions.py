@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.subscription import Subscription
+from receivers import loopback_settings
 
 from services.notifier.backport import (
     CHANNEL_TYPE,
@@ -37,7 +38,7 @@ HOOK = "http://127.0.0.1:9/hook"  # never called here: only checked
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """The suite's settings, with loopback http callbacks allowed (the receivers are local)."""
-    return settings.model_copy(update={"notifier_allowed_hosts": ["127.0.0.1"], "notifier_allow_http": True})
+    return loopback_settings(settings)
 
 
 def subscription(settings: Settings, endpoint: str = HOOK, trust: str = "RBL", **channel: Any) -> dict[str, Any]:
