@@ -3,7 +3,9 @@
 - ``with_profile``: the UK Core profile of its type in ``meta.profile`` (other profiles kept);
 - ``link_patient``: a ``subject`` / ``patient`` given only by a valid NHS number is linked to the Patient
   every route gives that number (``shared.nhs.nhs_patient_id``), with a patch that creates that Patient
-  when it is absent and never overwrites it.
+  when it is absent and never overwrites it;
+- ``rewrite_references``: every ``reference`` found in a map replaced by what it maps to (Bundle entries
+  given the ids the hub assigns; a matched patient's references moved to the stored Patient).
 
 NHS numbers failing the check are demoted before this (``shared.nhs.check_nhs_numbers``). Intake stores
 a created resource normalised (its version 1); the mapper normalises Bundle entries the same way, and
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Mapping
+from typing import Any
 
 from .nhs import NHS_NUMBER_SYSTEM, is_valid_nhs_number, nhs_patient_id
 from .patches import Patch, Resource
@@ -89,3 +93,17 @@ def normalised(resource: Resource) -> tuple[Resource, list[Patch]]:
     the patches creating the Patients it names."""
     linked, patches = link_patient(resource)
     return with_profile(linked), patches
+
+
+def rewrite_references(value: Any, targets: Mapping[str, str]) -> Any:
+    """``value`` (any JSON) with every ``reference`` that is a key of ``targets`` replaced by its value;
+    the input is not changed."""
+    if isinstance(value, dict):
+        out = {k: rewrite_references(v, targets) for k, v in value.items()}
+        ref = out.get("reference")
+        if isinstance(ref, str) and ref in targets:
+            out["reference"] = targets[ref]
+        return out
+    if isinstance(value, list):
+        return [rewrite_references(v, targets) for v in value]
+    return value

@@ -25,7 +25,7 @@ from services.pathway.data_quality import requester_organisation
 from services.pathway.hna import plan_issues
 from shared.nhs import check_nhs_numbers
 from shared.normalise import UK_CORE as UK_CORE
-from shared.normalise import link_patient, with_profile
+from shared.normalise import link_patient, rewrite_references, with_profile
 from shared.store import Document
 from shared.stored_types import STORED_TYPES
 
@@ -36,19 +36,6 @@ ENVELOPE_TYPES = ("MessageHeader",)
 
 # What a stored resource implies (pathway.derive): given the resource and when the hub received it.
 Derive = Callable[[Resource, datetime | None], tuple[list[Resource], list[Patch]]]
-
-
-def _rewrite_references(value: Any, targets: dict[str, str]) -> Any:
-    """Every ``reference`` naming another entry (by its fullUrl) now names ``Type/id``."""
-    if isinstance(value, dict):
-        out = {k: _rewrite_references(v, targets) for k, v in value.items()}
-        ref = out.get("reference")
-        if isinstance(ref, str) and ref in targets:
-            out["reference"] = targets[ref]
-        return out
-    if isinstance(value, list):
-        return [_rewrite_references(v, targets) for v in value]
-    return value
 
 
 def _source_time(data: Resource, received: datetime | None) -> datetime | None:
@@ -160,7 +147,7 @@ def map_bundle(record: Document, derive: Derive) -> MappingResult:
         if method not in (None, "POST", "PUT") or not item.get("id"):
             result.unmapped.append(f"{where} {method} {item.get('url')}: only create and update by id are applied")
             continue
-        rewritten = _rewrite_references({**resource, "id": item["id"]}, targets)
+        rewritten = rewrite_references({**resource, "id": item["id"]}, targets)
         mapped, patient_patches = normalise(rewritten, result, f"{where}.resource")
         implied, patches = derive(mapped, record.get("received_at"))
         result.issues += plan_issues(mapped)  # an HNA without its support plan says why

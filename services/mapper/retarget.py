@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from shared.normalise import rewrite_references
+
 from .model import Patch, Resource
 
 
@@ -28,19 +30,13 @@ def keep_links(current: Resource | None, new: Resource) -> Resource:
     return {**new, "link": links}
 
 
-def retarget(value: Any, aliases: dict[str, str]) -> Any:
-    """``value`` with every reference to an aliased Patient (and an aliased Patient's own id) replaced."""
-    if isinstance(value, dict):
-        out = {k: retarget(v, aliases) for k, v in value.items()}
-        ref = out.get("reference")
-        if isinstance(ref, str) and ref in aliases:
-            out["reference"] = aliases[ref]
-        if out.get("resourceType") == "Patient" and f"Patient/{out.get('id')}" in aliases:
-            out["id"] = aliases[f"Patient/{out['id']}"].removeprefix("Patient/")
-        return out
-    if isinstance(value, list):
-        return [retarget(v, aliases) for v in value]
-    return value
+def retarget(resource: Any, aliases: dict[str, str]) -> Any:
+    """``resource`` with every reference to an aliased Patient replaced, and, when it is an aliased
+    Patient itself, its own id."""
+    out = rewrite_references(resource, aliases)
+    if isinstance(out, dict) and out.get("resourceType") == "Patient" and f"Patient/{out.get('id')}" in aliases:
+        out["id"] = aliases[f"Patient/{out['id']}"].removeprefix("Patient/")
+    return out
 
 
 def retarget_patch(patch: Patch, aliases: dict[str, str]) -> Patch:
