@@ -298,10 +298,10 @@ class WorkerProbe:
                 self.t["attempt"] += time.perf_counter() - started
                 self.n["attempt"] += 1
 
-        def timed_apply(*args: Any) -> Any:
+        def timed_apply(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
             try:
-                return apply(*args)
+                return apply(*args, **kwargs)
             finally:
                 self.t["apply"] += time.perf_counter() - started
 
@@ -331,6 +331,7 @@ async def serve_mapper_child(uri: str, db_name: str, batch_size: int, profile: s
     from services.mapper.dispatch import make_mapper
     from services.mapper.service import MapperService
     from services.mapper.worker import WorkerConfig
+    from shared.built_validation import validate_built
     from shared.fhir import validate
     from shared.resources import stamp
 
@@ -348,6 +349,7 @@ async def serve_mapper_child(uri: str, db_name: str, batch_size: int, profile: s
             result = warm({"protocol": "hl7v2", "text": factory.build(kind, 1)[0].decode()})
             for resource in [*result.resources, *(patch.apply(None) for patch in result.patches)]:
                 validate(stamp(resource, resource["id"], 1, now, "urn:mscc:bench"))
+                validate_built(stamp(resource, resource["id"], 1, now, "urn:mscc:bench"))
         loop = asyncio.get_running_loop()
         lines: asyncio.Queue[str] = asyncio.Queue()
         threading.Thread(target=_stdin_lines, args=(loop, lines), daemon=True).start()

@@ -12,6 +12,8 @@ from shared import mongod
 from shared.logging import configure
 from shared.settings import Settings
 
+from . import audit_tools, clients_cli
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mscc", description="MSCC integration hub")
@@ -40,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("files", nargs="+")
     replay.add_argument("--host", default="127.0.0.1")
     replay.add_argument("--port", type=int, help="MLLP port (default: MSCC_MLLP_PORT)")
+    audit_tools.add_parser(sub)
+    clients_cli.add_parser(sub)
     return parser
 
 
@@ -48,7 +52,9 @@ def _db(settings: Settings, action: str) -> int:
         print(f"MONGODB_URI is set ({settings.mongodb_uri}): the hub uses that server, not a local one")
         return 0
     if action == "start":
-        state = mongod.start_daemon(settings.state_dir, settings.cache_dir, settings.mongod_cache_gb)
+        state = mongod.start_daemon(
+            settings.state_dir, settings.cache_dir, settings.mongod_cache_gb, settings.mongod_transaction_lifetime_s
+        )
         print(f"local MongoDB running: {state.uri} (pid {state.pid}, data {state.dbpath})")
     elif action == "stop":
         stopped = mongod.stop_daemon(settings.state_dir)
@@ -111,6 +117,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return runner.run(tools.messages(settings, args.action, args.record, args.status, args.limit))
     if args.command == "replay":
         return runner.run(tools.replay(args.files, args.host, args.port or settings.mllp_port))
+    if args.command == "audit":
+        return audit_tools.command(args, settings)
+    if args.command == "clients":
+        return clients_cli.command(args, settings)
     return 2
 
 

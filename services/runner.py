@@ -63,7 +63,12 @@ async def database(settings: Settings) -> AsyncIterator[str]:
             log.info("stopped the local MongoDB")
         return
     mongod = await asyncio.to_thread(
-        start_owned, settings.state_dir, settings.cache_dir, settings.mongod_cache_gb, os.getpid()
+        start_owned,
+        settings.state_dir,
+        settings.cache_dir,
+        settings.mongod_cache_gb,
+        os.getpid(),
+        settings.mongod_transaction_lifetime_s,
     )
     log.info("started a local MongoDB", extra={"port": mongod.port, "dbpath": str(mongod.dbpath)})
     pid = mongod.state().pid
@@ -82,10 +87,10 @@ PARTS = ("intake", "mapper", "notifier")
 async def opened_store(settings: Settings) -> AsyncIterator[Store]:
     """The store on the database ``database()`` chooses, its schema ensured; closed on exit."""
     async with database(settings) as uri:
-        client = connect(uri)
+        client = connect(uri, max_commit_ms=round(settings.transaction_max_commit_s * 1000))
         try:
             store = Store(client, settings.db_name)
-            await store.ensure_schema()
+            await store.ensure_schema(audit_retention_days=settings.audit_retention_days)
             yield store
         finally:
             await client.close()
@@ -108,8 +113,13 @@ async def serve(
 
     Every background loop (mapper worker, SLA scanner and report follower, notifier fan-out and delivery)
     runs supervised (``shared/supervision.py``): restarted with backoff if it stops, its cycles recorded
-    in ``registry`` (one per process), which the API's ``/readyz`` reports on. The mapper finishes the
-    batch in hand, and the notifier the attempts in hand, before the process exits.
+    in ``registry`` (one per process), which the API's ``/readyz`` reports on.
+
+    Stopping (``docs/operations.md``): intake stops accepting (HTTP and MLLP at once), answers what is in
+    flight and keeps what is half read; the mapper finishes or releases the batch in hand, the notifier
+    the attempts in hand; each has ``MSCC_STOP_TIMEOUT_S``, and whatever still runs a little after that
+    is cancelled (open transactions are aborted as their sessions end), so the process exits in bounded
+    time.
     """
     mapping = load_mapping(settings.mapping_file) if "mapper" in parts else None
     registry = registry or TaskRegistry()
@@ -145,8 +155,26 @@ async def serve(
                 await stop.wait()
         finally:
             stop.set()
-            await asyncio.gather(*workers)
+            await _stop_workers(workers, settings.stop_timeout_s + STOP_GRACE_S)
         log.info("stopped", extra={"parts": ",".join(parts)})
+
+
+STOP_GRACE_S = 2.0  # beyond MSCC_STOP_TIMEOUT_S: what the workers need to release what they cut
+
+
+async def _stop_workers(workers: list[asyncio.Task[object]], timeout_s: float) -> None:
+    """Wait for the workers to stop by themselves; cancel any still running after ``timeout_s``."""
+    if not workers:
+        return
+    _, late = await asyncio.wait(workers, timeout=timeout_s)
+    if late:
+        log.warning(
+            "stopping: background tasks still running were cancelled",
+            extra={"tasks": ",".join(sorted(t.get_name() for t in late)), "count": len(late)},
+        )
+        for task in late:
+            task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
 
 
 async def drain(settings: Settings) -> WorkerStats:
@@ -166,8 +194,9 @@ async def drain_notifier(settings: Settings) -> NotifierStats:
 async def _serve_intake(
     settings: Settings, store: Store, demo: bool, registry: TaskRegistry, stop: asyncio.Event
 ) -> None:
-    """HTTP and MLLP until ``stop``: then HTTP finishes the requests in flight, and the MLLP listener
-    answers what it has committed and keeps what it has not, before the workers are stopped."""
+    """HTTP and MLLP until ``stop``: then both stop accepting at once; HTTP finishes the requests in
+    flight, and the MLLP listener answers what it has committed and keeps what it has not (within
+    ``MSCC_STOP_TIMEOUT_S``), before the workers are stopped."""
     service = IntakeService(settings, store)
     await service.start()
     log.info(
@@ -184,15 +213,25 @@ async def _serve_intake(
         log_config=None,
         lifespan="off",
         access_log=False,
+        timeout_graceful_shutdown=max(1, round(settings.stop_timeout_s)),
     )
     server = QuietServer(config)
     demo_task = asyncio.create_task(_demo(settings, service, server)) if demo else None
+    mllp_stopping = asyncio.create_task(_stop_mllp_on(stop, service), name="mllp-stop")
     try:
         await server.serve_until(stop)
     finally:
+        stop.set()
         if demo_task is not None:
             demo_task.cancel()
+        await mllp_stopping
         await service.stop()
+
+
+async def _stop_mllp_on(stop: asyncio.Event, service: IntakeService) -> None:
+    """Stop the MLLP listener as soon as ``stop`` is set, while HTTP finishes its own requests."""
+    await stop.wait()
+    await service.mllp.stop(service.settings.stop_timeout_s)
 
 
 async def _demo(settings: Settings, service: IntakeService, server: uvicorn.Server) -> None:

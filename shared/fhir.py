@@ -7,13 +7,15 @@ carries the HTTP status and the OperationOutcome issues to answer with.
 Errors (one root)::
 
     FhirError
-      status 400  invalid JSON (or not UTF-8, numbers out of range, nested too deep), wrong resourceType,
+      status 400  invalid JSON (or not UTF-8, numbers out of range, nested too deep, a key given twice,
+                  a control character in a string: ``shared/fhir_strings.py``), wrong resourceType,
                   structure errors (with FHIRPath expressions), a code outside its required value set
       status 404  unknown resource or version
       status 409  an id or business identifier already taken by different content
       status 412  conditional create matched several resources
       status 413  body over the size limit
       status 415  not application/fhir+json
+      status 422  an identifier or reference too long to be indexed
       status 503  the database did not answer (the client should send it again)
 """
 
@@ -27,6 +29,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from .bindings import binding_issues
+from .fhir_strings import check_strings, object_from_pairs
 
 FHIR_JSON = "application/fhir+json"
 FHIR_VERSION = "4.0.1"
@@ -81,7 +84,11 @@ MAX_DEPTH = 100
 
 
 def _parse_int(text: str) -> int:
-    """A JSON integer MongoDB can store (64-bit); ``FhirError`` 400 for a larger one."""
+    """A JSON integer MongoDB can store (64-bit); ``FhirError`` 400 for a larger one. The digits are
+    counted first: Python refuses to convert more than 4300 of them (a ValueError, not a JSON error)."""
+    digits = len(text.lstrip("-"))
+    if digits > 19:
+        raise FhirError(400, "structure", f"number {text[:40]}... has {digits} digits: integers must fit in 64 bits")
     value = int(text)
     if not INT64_MIN <= value <= INT64_MAX:
         raise FhirError(400, "structure", f"number {text[:40]} is out of range: integers must fit in 64 bits")
@@ -120,14 +127,21 @@ def parse_json(body: bytes) -> Resource:
 
     What could not be stored in MongoDB, validated or sent back as JSON is refused here too, so nothing
     accepted fails later: integers beyond 64 bits, decimals beyond a double's range, NaN and Infinity,
-    and objects or arrays nested more than ``MAX_DEPTH`` levels.
+    and objects or arrays nested more than ``MAX_DEPTH`` levels; and what ``check_strings`` refuses (a
+    key given twice, control characters, a resource id that is not one, an identifier too long to index).
     """
     try:
         text = body.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise FhirError(400, "structure", f"body is not UTF-8 text: {exc}") from exc
     try:
-        data = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+        data = json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+            object_pairs_hook=object_from_pairs,
+        )
     except json.JSONDecodeError as exc:
         raise FhirError(
             400, "structure", f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -138,6 +152,11 @@ def parse_json(body: bytes) -> Resource:
         raise FhirError(400, "structure", "body must be a JSON object (a FHIR resource)")
     if _deeper_than(data, MAX_DEPTH):
         raise FhirError(400, "structure", f"body nests deeper than {MAX_DEPTH} levels")
+    problems = check_strings(data)
+    if problems:
+        status = min(found[0] for found in problems)  # what the sender must fix (400) before the rest
+        issues = [issue("error", code, said, [path]) for st, code, said, path in problems if st == status]
+        raise FhirError(status, issues[0]["code"], issues[0]["diagnostics"], issues=issues)
     return data
 
 
@@ -182,6 +201,8 @@ def validate(data: Resource, expected: str | tuple[str, ...] | None = None, *, b
         raise FhirError(400, "structure", f"{resource_type} is not valid", issues=issues) from exc
     except (ValueError, TypeError) as exc:
         raise FhirError(400, "structure", f"{resource_type} is not valid: {exc}") from exc
+    except KeyError as exc:  # the models' lookup of a contained resource's type that does not exist
+        raise FhirError(400, "structure", f"{resource_type} is not valid: unknown resource type {exc}") from exc
     if bindings:
         check_bindings(data)
     return data

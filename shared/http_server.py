@@ -14,8 +14,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
-from shared.auth import Caller, caller_for_http
+from shared.auth import Caller, Unauthenticated
+from shared.bearer import Authenticator
+from shared.budget import ByteBudget
 from shared.fhir import FHIR_JSON, FhirError
 from shared.settings import Settings
 
@@ -37,21 +40,60 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_caller(request: Request) -> Caller:
-    """The caller of this request (``shared.auth.caller_for_http``; the app answers 401 to ``Unauthenticated``)."""
-    return caller_for_http(get_settings(request), dict(request.headers))
+async def get_caller(request: Request) -> Caller:
+    """The caller of this request, resolved once (``shared.bearer.Authenticator``, kept in
+    ``app.state.auth``): from its bearer token, or the development client where that is allowed. Sets
+    ``request.state.caller``; when it refuses, ``request.state.auth_failure`` (the reason) and then raises
+    ``Unauthenticated`` (the app answers 401)."""
+    known: Caller | None = getattr(request.state, "caller", None)
+    if known is not None:
+        return known
+    authenticator: Authenticator = request.app.state.auth
+    peer = request.client.host if request.client else None
+    try:
+        caller = await authenticator.http_caller(request.headers.get("authorization"), peer)
+    except Unauthenticated as exc:
+        request.state.auth_failure = exc.reason
+        raise
+    request.state.caller = caller
+    return caller
 
 
-async def read_body(request: Request, limit: int) -> tuple[bytes, int]:
+async def read_body(request: Request, limit: int, budget: ByteBudget | None = None) -> tuple[bytes, int]:
     """The body, streamed: at most ``limit + 1`` bytes are kept (the rest is counted, not held), and
-    its full size. A caller compares the size with ``limit`` to refuse oversize bodies."""
+    its full size. A caller compares the size with ``limit`` to refuse oversize bodies.
+
+    With ``budget`` (intake's bytes in flight, ``shared/budget.py``) each chunk is taken from it before
+    the next is read: when it is spent the read waits (the server stops reading the socket), and the
+    bytes are given back once the body is read."""
     kept = bytearray()
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if len(kept) <= limit:
-            kept += chunk[: limit + 1 - len(kept)]
+    account = budget.account() if budget is not None else None
+    try:
+        async for chunk in request.stream():
+            if account is not None:
+                await account.take(len(chunk))
+            size += len(chunk)
+            if len(kept) <= limit:
+                kept += chunk[: limit + 1 - len(kept)]
+            if account is not None:
+                account.keep(len(kept))
+    except ClientDisconnect as exc:
+        raise PartialBody(bytes(kept[:limit]), size) from exc
+    finally:
+        if account is not None:
+            account.close()
     return bytes(kept), size
+
+
+class PartialBody(Exception):
+    """The client went away before its body was complete: ``head`` (at most the limit) of the ``size``
+    bytes that came. The app keeps them as a rejected record, as intake keeps a cut MLLP frame."""
+
+    def __init__(self, head: bytes, size: int) -> None:
+        super().__init__(f"the request body was cut short: the client disconnected after {size} bytes")
+        self.head = head
+        self.size = size
 
 
 def peer_of(request: Request) -> str:

@@ -1,10 +1,18 @@
 """Deterministic ids: the same business identifier always gives the same resource id.
 
 Re-sending or re-mapping a message then converges on the same resources instead of duplicating them.
+
+Keys that always fit: a key built from what a sender chose (an HL7v2 control id, MSH-3/4, a FHIR
+business identifier) goes into an indexed field, and MongoDB refuses an index entry over 1024 bytes
+(4.0; later servers have no limit but the same key must work on both). ``fitting_key`` keeps a key of at
+most ``MAX_KEY_BYTES`` as it is (so every key stored so far is unchanged) and turns a longer one into its
+first characters plus a SHA-256 digest of the whole: still unique, still the same for the same input.
+The full value is always kept in the document beside it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 
@@ -17,7 +25,31 @@ def resource_id(resource_type: str, system: str, value: str) -> str:
 
 
 def identifier_key(resource_type: str, system: str, value: str) -> str:
-    return f"{resource_type}|{system}|{value}"
+    """The indexed key of a business identifier (``fitting_key``: a digest when very long)."""
+    return fitting_key(f"{resource_type}|{system}|{value}")
+
+
+# Room is left for the other fields of a compound index entry and BSON's own overhead.
+MAX_KEY_BYTES = 512
+_KEPT_PREFIX_CHARS = 100  # at most 400 bytes of UTF-8, so prefix + digest stays under MAX_KEY_BYTES
+
+
+def fitting_key(key: str) -> str:
+    """``key`` itself when its UTF-8 form has at most ``MAX_KEY_BYTES``, else its first characters,
+    ``~sha256:`` and the hex digest of the whole key (at most ~480 bytes): it fits any index."""
+    encoded = key.encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_KEY_BYTES:
+        return key
+    return f"{key[:_KEPT_PREFIX_CHARS]}~sha256:{hashlib.sha256(encoded).hexdigest()}"
+
+
+# An R4 ``id``: what a resource id (and so a path's id or version segment) may be.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def is_fhir_id(text: str) -> bool:
+    """Whether ``text`` is a FHIR id: 1-64 letters, digits, '-' or '.'."""
+    return FHIR_ID.fullmatch(text) is not None
 
 
 # --- local identifiers, scoped by the organisation that assigned them ---------------------------------

@@ -61,10 +61,16 @@ class FrameDecoder:
         self._scan = 0  # where to resume looking for FS inside the current frame
         self._discarding = 0  # bytes of an oversize frame seen so far (0 = not discarding)
         self._head = b""
+        self.starts = 0  # frames begun so far (a reader times each frame from its first byte)
 
     @property
     def in_frame(self) -> bool:
         return self._in_frame
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the frame in progress (what a reader still owes its memory budget)."""
+        return len(self._buf) + len(self._head)
 
     def pending(self) -> bytes:
         """The bytes of an unfinished frame, start block included (for keeping on timeout or close)."""
@@ -95,6 +101,7 @@ class FrameDecoder:
         del self._buf[:start]
         self._in_frame = True
         self._scan = 1
+        self.starts += 1
         return True
 
     def _inside(self, events: list[Event]) -> bool:
@@ -106,6 +113,7 @@ class FrameDecoder:
                 events.append(Junk(bytes(buf[:restart]), "frame interrupted by a new start block before its end"))
                 del buf[:restart]
                 self._scan = 1
+                self.starts += 1
                 continue
             if end < 0:
                 self._scan = max(1, len(buf))
@@ -120,7 +128,8 @@ class FrameDecoder:
                 return False
             follower = buf[end + 1 : end + 2]
             if follower in (CARRIAGE_RETURN, START_BLOCK):
-                body = bytes(buf[1:end])
+                with memoryview(buf) as view:  # one copy of the message, not two
+                    body = bytes(view[1:end])
                 del buf[: end + (2 if follower == CARRIAGE_RETURN else 1)]
                 self._in_frame = False
                 self._scan = 0

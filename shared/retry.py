@@ -15,7 +15,9 @@ is run again from a fresh read: its writes were all undone, so a retry is always
 
 Anything else (a duplicate key outside a guard, a document too large, a validation error) is raised at
 once: trying again would fail the same way. After ``attempts`` tries ``TransientError`` is raised, with
-the last failure as its cause.
+the last failure as its cause. A transaction that needed retries is logged at warning level with the
+count (and the last error), whether it then succeeded or gave up: contention, a commit that hit its time
+limit (``maxCommitTimeMS``) or a transaction a killed process left open shows in the log, counted.
 
 **Jobs** (``Backoff``): a message, a delivery or a fan-out that failed is tried again later, after
 ``base_s * 2**(attempt - 1)`` seconds capped at ``max_s``, scaled by a random factor in
@@ -100,16 +102,32 @@ async def run_transaction(
     last: BaseException | None = None
     for attempt in range(retry.attempts):
         try:
-            return await fn()
+            result = await fn()
         except (Conflict, PyMongoError) as exc:
             if not retryable(exc):
                 raise
             last = exc
             if on_retry is not None:
                 on_retry(exc)
+        else:
+            if attempt:
+                log.warning(
+                    "%s done after %d retries (last: %s)",
+                    what,
+                    attempt,
+                    str(last)[:300],
+                    extra={"retries": attempt, "what": what},
+                )
+            return result
         if attempt < retry.attempts - 1:
             await asyncio.sleep(retry.pause_s(attempt))
-    log.warning("%s gave up after %d attempts: %s", what, retry.attempts, str(last)[:300])
+    log.warning(
+        "%s gave up after %d attempts: %s",
+        what,
+        retry.attempts,
+        str(last)[:300],
+        extra={"retries": retry.attempts - 1, "what": what},
+    )
     raise TransientError(f"{what} not done after {retry.attempts} attempts: {last}") from last
 
 

@@ -34,6 +34,7 @@ from urllib.parse import urlencode
 
 from shared.fhir import FhirError
 from shared.fhir_conventions import FORMAT_PARAMS, TOTAL_PARAMS, check_format, check_total
+from shared.fhir_strings import string_problem
 from shared.subsetting import Subset, parse_subset
 
 Query = dict[str, Any]
@@ -45,25 +46,49 @@ ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
 
 
 def _split_prefix_date(value: str, name: str) -> tuple[str, str]:
-    """``ge2026-01-05`` -> ("ge", "2026-01-05"); FhirError 400 if it is not a date."""
+    """``ge2026-01-05`` -> ("ge", "2026-01-05"); FhirError 400 if it is not a possible date (month 13,
+    30 February, year 0, hour 24...): such a value can match nothing and must not reach the database."""
     match = _DATE.match(value)
     if not match:
         raise FhirError(400, "invalid", f"{name}={value!r} is not a date (use [prefix]YYYY[-MM[-DD]])")
     prefix = match.group(1) or "eq"
-    return prefix, value[len(match.group(1) or "") :]
+    text = value[len(match.group(1) or "") :]
+    year, month, day, time = match.group(2), match.group(3), match.group(4), match.group(5)
+    try:
+        if time and not day:
+            raise ValueError("a time needs a full date")
+        if time:
+            datetime.fromisoformat(text.replace("Z", "+00:00"))
+        datetime(int(year), int(month or 1), int(day or 1))
+    except ValueError as exc:
+        raise FhirError(
+            400, "invalid", f"{name}={value!r} is not a possible date or instant ({exc})", expression=[name]
+        ) from exc
+    return prefix, text
+
+
+# Sorts after every date and instant of year 9999: the end of the last period there is.
+_BEYOND = "9999~"
+
+
+def _year(year: int) -> str:
+    return f"{year:04d}" if year <= 9999 else _BEYOND
 
 
 def _date_range(text: str) -> tuple[str, str]:
-    """The [start, end) of a partial date as ISO strings comparable with FHIR dates of any precision."""
+    """The [start, end) of a (checked) partial date as ISO strings comparable with FHIR dates of any
+    precision; the end of a period in 9999 is ``_BEYOND``."""
     parts = text.split("T", 1)[0].split("-")
     year = int(parts[0])
     if len(parts) == 1:
-        return f"{year:04d}", f"{year + 1:04d}"
+        return f"{year:04d}", _year(year + 1)
     month = int(parts[1])
     if len(parts) == 2:
-        nxt = (year + 1, 1) if month == 12 else (year, month + 1)
-        return f"{year:04d}-{month:02d}", f"{nxt[0]:04d}-{nxt[1]:02d}"
+        nxt = f"{_year(year + 1)}-01" if month == 12 else f"{year:04d}-{month + 1:02d}"
+        return f"{year:04d}-{month:02d}", _BEYOND if nxt.startswith(_BEYOND) else nxt
     start = datetime(year, month, int(parts[2]))
+    if start.date() == datetime.max.date():
+        return start.date().isoformat(), _BEYOND
     return start.date().isoformat(), (start + timedelta(days=1)).date().isoformat()
 
 
@@ -84,16 +109,22 @@ def _string_date(field: str) -> Callable[[str, str], Query]:
 
 def _last_updated(value: str, name: str) -> Query:
     prefix, date = _split_prefix_date(value, name)
-    try:
-        instant = datetime.fromisoformat(date.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise FhirError(400, "invalid", f"{name}={value!r} is not a date or instant") from exc
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=UTC)
     if "T" in date:
+        instant = datetime.fromisoformat(date.replace("Z", "+00:00"))
+        if instant.tzinfo is None:
+            instant = instant.replace(tzinfo=UTC)
         return {"last_updated": {_PREFIXES[prefix]: instant}}
     start_text, end_text = _date_range(date)
     start = datetime.fromisoformat(_pad(start_text)).replace(tzinfo=UTC)
+    if end_text == _BEYOND:  # the period ends after the last instant a datetime holds
+        after: Query = {"$in": []}  # nothing was updated after year 9999
+        return {
+            "eq": {"last_updated": {"$gte": start}},
+            "ge": {"last_updated": {"$gte": start}},
+            "gt": {"last_updated": after},
+            "lt": {"last_updated": {"$lt": start}},
+            "le": {"last_updated": {"$exists": True}},
+        }[prefix]
     end = datetime.fromisoformat(_pad(end_text)).replace(tzinfo=UTC)
     if prefix == "eq":
         return {"last_updated": {"$gte": start, "$lt": end}}
@@ -295,13 +326,25 @@ class SearchRequest:
 
 
 def _int_param(name: str, value: str, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise FhirError(400, "invalid", f"{name}={value!r} is not a whole number") from exc
+    """``value`` as a whole number from ``low`` to ``high``: ASCII digits only (``int`` would also take
+    other scripts' digits, underscores and spaces), and a length checked before converting it."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        shown = value if len(value) <= 40 else f"{value[:40]}... ({len(value)} characters)"
+        raise FhirError(400, "invalid", f"{name}={shown!r} is not a whole number from {low} to {high}")
+    number = int(value)
     if not low <= number <= high:
         raise FhirError(400, "invalid", f"{name} must be between {low} and {high}")
     return number
+
+
+def check_text(params: list[tuple[str, str]]) -> None:
+    """``FhirError`` 400 naming the first parameter whose name or value holds a control character (a
+    NUL, an escape...): no FHIR search value can hold one, and MongoDB refuses some in a pattern."""
+    for name, value in params:
+        problem = string_problem(name) or string_problem(value)
+        if problem is not None:
+            shown = name if string_problem(name) is None else name.encode("unicode_escape").decode()
+            raise FhirError(400, "invalid", f"search parameter {shown} holds {problem}", expression=[shown])
 
 
 def parse_search(resource_type: str, params: list[tuple[str, str]]) -> SearchRequest:
@@ -310,6 +353,7 @@ def parse_search(resource_type: str, params: list[tuple[str, str]]) -> SearchReq
     clauses: list[Query] = [{"type": resource_type}]
     count, offset = DEFAULT_COUNT, 0
     unknown = []
+    check_text(params)
     subset = parse_subset(params)
     for name, value in params:
         if name == "_count":

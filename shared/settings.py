@@ -52,6 +52,19 @@ class Settings(BaseSettings):
     mllp_idle_timeout_s: float = Field(default=600.0, gt=0)
     mllp_frame_timeout_s: float = Field(default=30.0, gt=0)
     mllp_max_in_flight: int = Field(default=64, ge=1)
+    # MLLP security and intake limits (docs/security.md, "MLLP listener"). TLS is on when a certificate
+    # file is set (the key may be in the same file); with a CA file, clients present a certificate it
+    # signed ("required") or may ("optional"). Connections over the cap are closed at once; a frame must
+    # end within the total timeout of its first byte; frames being read and stored, and HTTP bodies being
+    # read, hold at most max_bytes_in_flight bytes across the process (readers wait for room).
+    mllp_tls_cert_file: Path | None = None
+    mllp_tls_key_file: Path | None = None
+    mllp_tls_ca_file: Path | None = None
+    mllp_tls_client_cert: Literal["required", "optional"] = "required"
+    mllp_tls_handshake_timeout_s: float = Field(default=10.0, gt=0)
+    mllp_max_connections: int = Field(default=256, ge=1)
+    mllp_frame_total_timeout_s: float = Field(default=120.0, gt=0)
+    intake_max_bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=256 * 1024)
 
     # HL7v2 decoding and acceptance.
     hl7_default_charset: str = "utf-8"
@@ -65,10 +78,31 @@ class Settings(BaseSettings):
     commit_max_batch: int = Field(default=256, ge=1, le=5000)
     commit_max_concurrent: int = Field(default=2, ge=1, le=16)
 
-    # Caller identity: until authentication lands every caller is this configured development client.
+    # The development client: in development, an HTTP caller on loopback that sends no Authorization
+    # header is this client (never in production); MLLP connections are attributed to it (shared/auth.py).
     dev_client_id: str = DEV_CLIENT_ID
     dev_client_ods: str = "REN"
     allow_dev_client: bool = True
+
+    # Authentication of HTTP callers (OAuth 2.0 client credentials; docs/security.md). The hub's access
+    # tokens live this long and are signed with the key in this PEM file (unset: a key generated on first
+    # start and kept in MongoDB, shared by every process). A client's state (revoked or not) is read again
+    # after auth_client_cache_s, so a revoked client's tokens stop working within that time. Public keys
+    # fetched from JWKS URLs are kept jwks_cache_s. Tokens of an external identity provider are accepted
+    # when its issuer and JWKS URL are set; the ODS code is read from the claim named by idp_ods_claim.
+    token_lifetime_s: int = Field(default=300, ge=30, le=3600)
+    token_signing_key_file: Path | None = None
+    auth_client_cache_s: float = Field(default=5.0, ge=0, le=60)
+    jwks_cache_s: float = Field(default=300.0, gt=0)
+    jwks_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    idp_issuer: str | None = None
+    idp_jwks_url: str | None = None
+    idp_audience: str | None = None
+    idp_ods_claim: str = "ods_code"
+    # Per-client rate limit of the HTTP API: a token bucket per client id in each process (requests per
+    # second, and the burst allowed above it).
+    rate_limit_per_s: float = Field(default=50.0, gt=0)
+    rate_limit_burst: int = Field(default=500, ge=1)
 
     # Notifier (FHIR rest-hook and HL7v2 MLLP deliveries; docs/notifications.md).
     # Hosts, addresses or networks (CIDR) a callback may use although they are loopback, link-local or
@@ -113,17 +147,45 @@ class Settings(BaseSettings):
     # its arrival time instead, with a warning: a sender's wrong clock must not make later messages stale.
     mapper_future_skew_s: float = Field(default=300.0, ge=0)
     # The mapper's claims (services/mapper/worker.py): messages per batch, and how long a claim is held
-    # before another worker may take it (longer than the slowest batch takes to map and write).
+    # before another worker may take it; renewed every MSCC_LEASE_HEARTBEAT_S while the batch runs, so it
+    # can be short and a killed worker's batch is taken over within seconds (docs/operations.md).
     mapper_batch_size: int = Field(default=100, ge=1, le=5000)
-    mapper_lease_s: float = Field(default=60.0, gt=0)
+    mapper_lease_s: float = Field(default=10.0, gt=0)
     # A message the database could not take is tried again after base x 2^(n-1) s (with jitter), at most
     # max; an idle worker looks for new messages this often (woken sooner by nothing: it polls).
     mapper_backoff_base_s: float = Field(default=2.0, gt=0)
     mapper_backoff_max_s: float = Field(default=300.0, gt=0)
     mapper_idle_poll_s: float = Field(default=0.5, gt=0)
 
+    # Leases, stopping and recovery (docs/operations.md). A notifier lane is leased like a mapper batch;
+    # every lease held is renewed every ``lease_heartbeat_s`` while its work runs. A stopping process
+    # finishes or releases what it holds within ``stop_timeout_s``. Every transaction's commit is limited
+    # to ``transaction_max_commit_s``; the local mongod aborts any transaction older than
+    # ``mongod_transaction_lifetime_s`` (one left open by a killed process). ``/readyz`` waits at most
+    # ``readyz_timeout_s`` for the database.
+    notifier_lease_s: float = Field(default=10.0, gt=0)
+    lease_heartbeat_s: float = Field(default=3.0, gt=0)
+    stop_timeout_s: float = Field(default=8.0, gt=0)
+    transaction_max_commit_s: float = Field(default=5.0, gt=0)
+    mongod_transaction_lifetime_s: int = Field(default=10, ge=1)
+    readyz_timeout_s: float = Field(default=0.8, gt=0, lt=1)
+
+    # The audit trail (shared/audit_log.py): AuditEvents are deleted this many days after they were recorded
+    # (default 8 years; docs/security.md says why). Every hub process applies it at start-up.
+    audit_retention_days: int = Field(default=2922, ge=1, le=36525)
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"
+
+    @model_validator(mode="after")
+    def _heartbeat_within_leases(self) -> Settings:
+        lease = min(self.mapper_lease_s, self.notifier_lease_s)
+        if self.lease_heartbeat_s * 2 > lease:
+            raise ValueError(
+                f"MSCC_LEASE_HEARTBEAT_S ({self.lease_heartbeat_s}) must be at most half the shortest lease "
+                f"(MSCC_MAPPER_LEASE_S, MSCC_NOTIFIER_LEASE_S: {lease}), so a lease is renewed before it expires"
+            )
+        return self
 
     @field_validator("notifier_allowed_hosts", mode="before")
     @classmethod
@@ -134,11 +196,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_dev_identity_in_production(self) -> Settings:
+        # HTTP callers in production always need a token; the development client identity remains only what
+        # MLLP connections are attributed to, so the well-known default must not be that identity.
         if self.environment == "production" and self.allow_dev_client and self.dev_client_id == DEV_CLIENT_ID:
             raise ValueError(
-                "MSCC_ENVIRONMENT=production with the default development client: set MSCC_DEV_CLIENT_ID to "
-                "the client this deployment trusts, or MSCC_ALLOW_DEV_CLIENT=false once authentication is on"
+                "MSCC_ENVIRONMENT=production with the default development client: production never admits it "
+                "over HTTP (callers need a token, see docs/security.md); set MSCC_ALLOW_DEV_CLIENT=false, or "
+                "MSCC_DEV_CLIENT_ID to the identity MLLP connections are recorded under"
             )
+        if (self.idp_issuer is None) != (self.idp_jwks_url is None):
+            raise ValueError("MSCC_IDP_ISSUER and MSCC_IDP_JWKS_URL are set together (or neither)")
+        if self.environment == "production" and self.idp_jwks_url and not self.idp_jwks_url.startswith("https://"):
+            raise ValueError("MSCC_IDP_JWKS_URL must be an https:// URL in production")
         return self
 
     @field_validator("service_days", mode="before")
@@ -172,6 +241,15 @@ class Settings(BaseSettings):
         except re.error as exc:
             raise ValueError(f"not a regular expression: {exc}") from exc
         return pattern
+
+    @model_validator(mode="after")
+    def _mllp_tls_files(self) -> Settings:
+        if self.mllp_tls_cert_file is None and (self.mllp_tls_key_file or self.mllp_tls_ca_file):
+            raise ValueError(
+                "MSCC_MLLP_TLS_KEY_FILE and MSCC_MLLP_TLS_CA_FILE need MSCC_MLLP_TLS_CERT_FILE (the listener's "
+                "certificate): set it, or unset them for plain TCP"
+            )
+        return self
 
     @model_validator(mode="after")
     def _service_hours(self) -> Settings:

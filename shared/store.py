@@ -9,6 +9,11 @@ Collections:
                     from here
   subscriptions     FHIR Subscriptions (rest-hook or MLLP), with their event counter and delivery lane
   deliveries        one per (subscription, event): event number, status, every attempt; the notifier's queue
+  clients           API clients (OAuth 2.0 client credentials): ODS code, scopes, hashed secret or public key
+  signing_keys      the key the hub signs its access tokens with (one document, created on first start)
+  used_assertions   client assertion ids (jti) seen, kept until the assertion expires: replays are refused
+  audit_events      one FHIR AuditEvent per request to /fhir, /hl7v2, /admin (shared/audit.py), deleted after
+                    MSCC_AUDIT_RETENTION_DAYS by a TTL index
 
 Writes that an acknowledgement depends on use write concern majority with journaling, so an
 acknowledged message survives a crash or a failover.
@@ -19,18 +24,48 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.client_session import AsyncClientSession, TransactionOptions
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from pymongo.write_concern import WriteConcern
 
+from .audit_log import COLLECTION as AUDIT_COLLECTION
+from .audit_log import ensure_indexes as ensure_audit_indexes
+
 Document = dict[str, Any]
 DURABLE = WriteConcern(w="majority", j=True)
 
 
-def connect(uri: str, *, app_name: str = "mscc-hub") -> AsyncMongoClient[Document]:
+DEFAULT_MAX_COMMIT_MS = 5_000  # MSCC_TRANSACTION_MAX_COMMIT_S
+
+
+class HubClient(AsyncMongoClient[Document]):
+    """The hub's client: every session it starts gives its transactions a commit time limit
+    (``maxCommitTimeMS``), so a commit that cannot complete (a lost majority, a stalled server) fails
+    within that time, is retried or reported, and never holds a worker for ever. Every transaction of
+    the hub starts from ``client.start_session()``, so this is the one place that sets it."""
+
+    max_commit_ms: int = DEFAULT_MAX_COMMIT_MS
+
+    def start_session(
+        self,
+        causal_consistency: bool | None = None,
+        default_transaction_options: TransactionOptions | None = None,
+        snapshot: bool | None = False,
+    ) -> AsyncClientSession:
+        if default_transaction_options is None:
+            default_transaction_options = TransactionOptions(max_commit_time_ms=self.max_commit_ms)
+        return super().start_session(causal_consistency, default_transaction_options, snapshot)
+
+
+def connect(
+    uri: str, *, app_name: str = "mscc-hub", max_commit_ms: int = DEFAULT_MAX_COMMIT_MS
+) -> AsyncMongoClient[Document]:
     """Create the process's one client (no I/O happens until first use)."""
-    return AsyncMongoClient(uri, appname=app_name, tz_aware=True, serverSelectionTimeoutMS=10_000)
+    client = HubClient(uri, appname=app_name, tz_aware=True, serverSelectionTimeoutMS=10_000)
+    client.max_commit_ms = max_commit_ms
+    return client
 
 
 class Store:
@@ -45,9 +80,20 @@ class Store:
         self.outbox: AsyncCollection[Document] = self.db.get_collection("outbox", write_concern=DURABLE)
         self.subscriptions: AsyncCollection[Document] = self.db.get_collection("subscriptions", write_concern=DURABLE)
         self.deliveries: AsyncCollection[Document] = self.db.get_collection("deliveries", write_concern=DURABLE)
+        # API clients (shared/clients.py), the hub's token signing key and the client assertions already used
+        # (shared/tokens.py, services/api/oauth_grant.py): docs/security.md.
+        self.clients: AsyncCollection[Document] = self.db.get_collection("clients", write_concern=DURABLE)
+        self.signing_keys: AsyncCollection[Document] = self.db.get_collection("signing_keys", write_concern=DURABLE)
+        self.used_assertions: AsyncCollection[Document] = self.db.get_collection(
+            "used_assertions", write_concern=DURABLE
+        )
+        # The audit trail (shared/audit.py, shared/audit_log.py): docs/security.md, "Audit trail".
+        self.audit: AsyncCollection[Document] = self.db.get_collection(AUDIT_COLLECTION, write_concern=DURABLE)
 
-    async def ensure_schema(self) -> None:
-        """Create collections and indexes; safe to run at every start-up and from many processes."""
+    async def ensure_schema(self, audit_retention_days: int | None = None) -> None:
+        """Create collections and indexes; safe to run at every start-up and from many processes.
+        ``audit_retention_days``: MSCC_AUDIT_RETENTION_DAYS, applied to the audit trail's TTL index (None
+        leaves an existing one as it is)."""
         existing = set(await self.db.list_collection_names())
         for name in ("messages", "resources", "resource_history", "outbox", "subscriptions", "deliveries"):
             if name not in existing:
@@ -117,6 +163,17 @@ class Store:
                 IndexModel([("type", ASCENDING), ("pathway_checked", ASCENDING)], name="type_pathway_checked"),
             ]
         )
+        # Authorisation (shared/visibility.py): a trust's reads filter on ``trusts`` in the query itself;
+        # searches and type history are sorted by last update then id, as the unfiltered reads are.
+        trusts_order = [("type", ASCENDING), ("trusts", ASCENDING), ("last_updated", ASCENDING), ("_id", ASCENDING)]
+        await self.resources.create_indexes([IndexModel(trusts_order, name="type_trusts_last_updated_id")])
+        await self.history.create_indexes([IndexModel(trusts_order, name="type_trusts_last_updated_id")])
+        await self.clients.create_indexes([IndexModel([("name", ASCENDING)], name="name", unique=True)])
+        # A client assertion's jti is kept until the assertion expires (TTL), so a replay is a duplicate key.
+        await self.used_assertions.create_indexes(
+            [IndexModel([("expires_at", ASCENDING)], name="expires_at_ttl", expireAfterSeconds=0)]
+        )
+        await ensure_audit_indexes(self.audit, audit_retention_days)
 
     async def ping(self) -> bool:
         """True when the server answers within the client's selection timeout."""

@@ -30,6 +30,8 @@ SUBSETTED = {
     "display": "subsetted",
 }
 SUMMARY_MODES = ("true", "text", "data", "count", "false")
+# More names than any resource has elements: a longer list is refused, not matched name by name.
+MAX_ELEMENTS = 100
 ALWAYS_KEPT = frozenset({"resourceType", "id", "meta"})
 
 
@@ -70,6 +72,10 @@ def parse_subset(params: list[tuple[str, str]]) -> Subset:
                     f"_elements takes top-level element names only (not {', '.join(nested)})",
                 )
             elements = (elements or set()) | names
+            if len(elements) > MAX_ELEMENTS:
+                raise FhirError(
+                    400, "too-costly", f"_elements names {len(elements)} elements: at most {MAX_ELEMENTS} are taken"
+                )
     if summary is not None and summary != "false" and elements is not None:
         raise FhirError(400, "invalid", "_summary and _elements cannot be used together")
     return Subset(summary, frozenset(elements) if elements is not None else None)

@@ -10,6 +10,8 @@ is news, one outbox event:
    ``meta`` (``stamp``), validates (``FhirError`` when the content is not a valid resource), and returns
    a ``NewVersion``: the ``ResourceVersion``, its ``HistoryEntry``, its ``OutboxEvent`` ("created" for
    version 1, else "updated", unless the caller names another kind) and the version it was read at.
+   The version and its history entry name the ``trusts`` that may see them (``shared/visibility.py``):
+   those of the version before, and those of the message that caused it.
 2. ``write_versions(store, versions, session=...)`` writes a list of them inside the caller's
    transaction: history first (``insert_many``), then each current version (inserted when read as
    absent, else replaced only if still at the version read), then the outbox events. A guard that
@@ -23,7 +25,7 @@ outcome, a claim's lease check), so a resource and what caused it are stored tog
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -32,12 +34,14 @@ from pymongo import InsertOne, ReplaceOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from .built_validation import validate_built
 from .fhir import Resource, business_identifiers, validate
 from .ids import identifier_key
 from .records import EventKind, HistoryEntry, OutboxEvent, ResourceVersion
 from .resources import content_of, stamp
 from .retry import Conflict
 from .store import Document, Store
+from .visibility import TRUSTS, trusts_of, widened
 
 DUPLICATE_KEY = 11000
 
@@ -81,6 +85,8 @@ def next_version(
     event: bool = True,
     focus: bool = False,
     event_fields: dict[str, Any] | None = None,
+    trusts: Iterable[str] = (),
+    built: bool = False,
 ) -> NewVersion | None:
     """The next version of ``content`` after ``current`` (None: the resource is not stored yet), or None
     when ``content`` says what ``current`` says already. ``FhirError`` 400 when it is not valid FHIR.
@@ -88,17 +94,29 @@ def next_version(
     ``source_time``: the time of the message (the out-of-order guard); by default the current version's.
     ``kind`` names the event ("created"/"updated" by default); ``event=False`` writes none; ``focus``
     puts ``focus`` and ``resources`` on it (the pathway's events); ``event_fields`` adds facts to it.
+
+    ``trusts``: the trusts (ODS codes) of the message that causes this version; the version names them
+    and every trust the current version names (``shared/visibility.py``: who may see it). Content that
+    is unchanged but now concerns another trust too is a new version without an event: nothing a
+    subscriber follows changed, but the record of who may see it did.
+
+    ``built``: the hub built ``content`` itself (the mapping of an HL7v2 message, what the pathway
+    derives); it is validated by ``built_validation.validate_built`` (a quick check, full validation
+    when the check is unsure). Content received from outside is always validated in full.
     """
-    if current is not None and content_of(current.resource) == content_of(content):
+    visible = widened(trusts_of(current.extra) if current is not None else (), trusts)
+    same = current is not None and content_of(current.resource) == content_of(content)
+    if current is not None and same and visible == list(trusts_of(current.extra)):
         return None
     rtype, rid = content["resourceType"], content["id"]
     version = current.version + 1 if current is not None else 1
-    resource = validate(stamp(content, rid, version, now, source))
+    stamped = stamp(content, rid, version, now, source)
+    resource = validate_built(stamped) if built else validate(stamped)
     kept = (current.source_time if current is not None else None) if source_time == "keep" else source_time
     keys = tuple(identifier_key(rtype, s, v) for s, v in business_identifiers(resource))
-    new = ResourceVersion(rtype, rid, version, now, resource, keys, kept)
-    history = HistoryEntry(rtype, rid, version, now, resource, message_id)
-    outbox = OutboxEvent.for_version(history, kind, focus, **(event_fields or {})) if event else None
+    new = ResourceVersion(rtype, rid, version, now, resource, keys, kept, extra={TRUSTS: visible})
+    history = HistoryEntry(rtype, rid, version, now, resource, message_id, extra={TRUSTS: visible})
+    outbox = OutboxEvent.for_version(history, kind, focus, **(event_fields or {})) if event and not same else None
     return NewVersion(new, history, outbox, current.version if current is not None else 0)
 
 

@@ -35,6 +35,8 @@ ENDPOINTS = ("ServiceRequest", "Bundle")
 FHIR_JSON = "application/fhir+json"
 # The development client (its default organisation): the caller of every request in the tests.
 DEV_CALLER = Caller(DEV_CLIENT_ID, str(Settings.model_fields["dev_client_ods"].default), DEV_SCOPES)
+# The hub's own organisation (MSCC_RECEIVING_FACILITY by default): the development client is the MSCC team's.
+SERVICE = str(Settings.model_fields["receiving_facility"].default)
 PEER = "127.0.0.1"
 RECEIVED_AT = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 RECORD_ID = uuid.UUID(int=1).hex
@@ -67,10 +69,13 @@ def intake(entry: dict[str, Any]) -> Intake:
     new_id = numbered_ids()
     if entry["endpoint"] == "Bundle":
         data = read_body(body, FHIR_JSON, "Bundle")
-        return Intake(bundle_record(data, body, DEV_CALLER, PEER, RECORD_ID, RECEIVED_AT, BASE, new_id))
+        record = bundle_record(data, body, DEV_CALLER, PEER, RECORD_ID, RECEIVED_AT, BASE, new_id, service_ods=SERVICE)
+        return Intake(record)
     rtype = entry["endpoint"]
     data, warnings = prepared_create(read_body(body, FHIR_JSON, rtype))
     # An empty database holds no resource stored before ids were scoped: the scoped id, else a new one.
     rid = business_id(rtype, data, DEV_CALLER.ods_code) or new_id()
-    record, version = created_record(body, DEV_CALLER, PEER, RECORD_ID, RECEIVED_AT, rtype, rid, data, warnings)
+    record, version = created_record(
+        body, DEV_CALLER, PEER, RECORD_ID, RECEIVED_AT, rtype, rid, data, warnings, service_ods=SERVICE
+    )
     return Intake(record, version.current.resource)

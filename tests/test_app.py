@@ -38,6 +38,7 @@ EXAMPLE_OF = {
     "Condition": "../../microsoft-fhir-converter/expected-fhir/ADT-A04-01-expected.json#Condition",
     "AllergyIntolerance": "../../microsoft-fhir-converter/expected-fhir/ADT-A04-01-expected.json#AllergyIntolerance",
     "Procedure": "../../microsoft-fhir-converter/expected-fhir/ADT-A04-01-expected.json#Procedure",
+    "AuditEvent": "../../../fixtures/AuditEvent-patient-read.json",  # the hub's own audit record (shared/audit.py)
 }
 # What this server implements; anything else claimed in the CapabilityStatement is a lie.
 IMPLEMENTED = {"create", "read", "vread", "search-type", "history-instance", "history-type", "update", "delete"}

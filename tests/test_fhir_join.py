@@ -40,6 +40,17 @@ BAD_NHS = "9449305553"  # the same number with the wrong check digit
 REFERRAL_SYSTEM = "https://fhir.wirral.nhs.uk/Id/mscc-referral"
 
 
+def referred_by(body: dict[str, Any], trust: str) -> dict[str, Any]:
+    """``body`` with ``trust`` as its referring organisation (a trust creates referrals in its own name)."""
+    out = copy.deepcopy(body)
+    for item in out["contained"]:
+        if item["resourceType"] == "Organization" and item["id"] == "rbl":
+            item["identifier"][0]["value"] = trust
+        elif item["resourceType"] == "PractitionerRole":
+            item["organization"]["identifier"]["value"] = trust
+    return out
+
+
 def fhir_referral(number: str = "WUTH-MSCC-000417", nhs: str = NHS, **extra: Any) -> dict[str, Any]:
     """A referral as a UK trust's EPR posts it: requester a contained PractitionerRole (whose ``code`` is
     a list), the referring trust and the MSCC centre as contained Organizations."""
@@ -385,7 +396,7 @@ async def test_two_trusts_posting_the_same_identifier_get_two_referrals(settings
     body = fhir_referral("1")
     async with app_client(settings.model_copy(update={"dev_client_ods": "RBL"}), store) as rbl:
         one = await post_sr(rbl, body)
-    rjr_body = fhir_referral("1", nhs="9434765919")
+    rjr_body = referred_by(fhir_referral("1", nhs="9434765919"), "RJR")
     async with app_client(settings.model_copy(update={"dev_client_ods": "RJR"}), store) as rjr:
         two = await post_sr(rjr, rjr_body)
         # If-None-Exist looks only in the caller's own scope: RJR's referral, not RBL's.
@@ -426,7 +437,7 @@ async def test_a_referral_stored_before_scoping_still_answers_its_own_trust(sett
     assert resent.status_code == 200 and resent.json()["id"] == old
     assert matched.status_code == 200 and matched.json()["id"] == old
     async with app_client(settings.model_copy(update={"dev_client_ods": "RJR"}), store) as rjr:
-        other = await post_sr(rjr, body)
+        other = await post_sr(rjr, referred_by(body, "RJR"))
     assert other.status_code == 201 and other.json()["id"] == business_id("ServiceRequest", body, "RJR")
 
 

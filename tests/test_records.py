@@ -61,6 +61,7 @@ ACCEPTED_FIELDS = [
     "control_key",
     "ack",
     "dedup_key",
+    "trusts",  # who may see what it writes (shared/visibility.py)
 ]
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
 from services.notifier.capability import subscription_capability
+from shared.audit_log import capability as audit_capability
 from shared.fhir import FHIR_JSON, FHIR_VERSION, Resource, validate
 from shared.search import search_params
 
@@ -103,6 +104,7 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
             for t in READ_ONLY_TYPES
         ],
         subscription_capability(base_url),
+        audit_capability(),
     ]
     statement: Resource = {
         "resourceType": "CapabilityStatement",

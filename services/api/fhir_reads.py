@@ -1,5 +1,9 @@
 """The read side of the FHIR API: read and vread, search (searchset Bundles with paging, ``_summary``,
-``_elements``) and instance and type history (paged, ``_since``)."""
+``_elements``) and instance and type history (paged, ``_since``).
+
+Every read takes the caller's ``Visibility`` (``shared/visibility.py``) and puts it into its database
+query: a version the caller may not see is "not known" (404, as if it did not exist), and searches and
+history count and page only what the caller may see."""
 
 from __future__ import annotations
 
@@ -11,10 +15,12 @@ from urllib.parse import urlencode
 
 from pymongo.errors import PyMongoError
 
+from shared.db_errors import database_failure, safe_summary
 from shared.fhir import FhirError, Resource
 from shared.search import DEFAULT_COUNT, MAX_COUNT, parse_search
 from shared.store import Document, Store
 from shared.subsetting import apply_subset
+from shared.visibility import EVERYTHING, Visibility
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +74,11 @@ def parse_history(params: list[tuple[str, str]]) -> HistoryRequest:
     count, offset, since = DEFAULT_COUNT, 0, None
     for name, value in params:
         if name == "_count":
-            if not value.isdigit() or not 1 <= int(value) <= MAX_COUNT:
+            if not _digits(value) or not 1 <= int(value) <= MAX_COUNT:
                 raise FhirError(400, "invalid", f"_count must be a whole number from 1 to {MAX_COUNT}")
             count = int(value)
         elif name == "_offset":
-            if not value.isdigit() or int(value) > 1_000_000:
+            if not _digits(value) or int(value) > 1_000_000:
                 raise FhirError(400, "invalid", "_offset must be a whole number from 0 to 1000000")
             offset = int(value)
         elif name == "_since":
@@ -82,6 +88,11 @@ def parse_history(params: list[tuple[str, str]]) -> HistoryRequest:
                 400, "not-supported", f"history parameter {name} is not supported; use _count, _offset, _since"
             )
     return HistoryRequest(count, offset, since, tuple(params))
+
+
+def _digits(value: str) -> bool:
+    """ASCII digits, few enough to convert (``isdigit`` alone also takes "²", which ``int`` refuses)."""
+    return value.isascii() and value.isdigit() and len(value) <= 18
 
 
 def _since(value: str) -> datetime:
@@ -98,34 +109,38 @@ class FhirReads:
         self._store = store
         self._base = base_url.rstrip("/") + "/fhir"
 
-    async def read(self, resource_type: str, rid: str, version: str | None = None) -> Document:
+    async def read(
+        self, resource_type: str, rid: str, version: str | None = None, who: Visibility = EVERYTHING
+    ) -> Document:
         """The current version (or version ``version``) as stored: ``resource``, ``version``,
-        ``last_updated``. ``FhirError`` 404 if unknown, 503 if the database fails (the details logged)."""
+        ``last_updated``. ``FhirError`` 404 if unknown or not visible to ``who``, 503 if the database
+        fails (the details logged)."""
         try:
             if version:
-                doc = await self._store.history.find_one({"_id": f"{resource_type}/{rid}/_history/{version}"})
+                key = {"_id": f"{resource_type}/{rid}/_history/{version}", **who.query()}
+                doc = await self._store.history.find_one(key)
             else:
-                doc = await self._store.resources.find_one({"_id": f"{resource_type}/{rid}"})
+                doc = await self._store.resources.find_one({"_id": f"{resource_type}/{rid}", **who.query()})
         except PyMongoError as exc:
-            log.error("FHIR read: database error", extra={"what": f"{resource_type}/{rid}", "reason": str(exc)})
-            raise FhirError(
-                503, "transient", f"{resource_type}/{rid} not read: the database did not answer, send it again"
-            ) from exc
+            log.error("FHIR read: database error", extra={"what": f"{resource_type}/{rid}", **safe_summary(exc)})
+            raise database_failure(exc, f"{resource_type}/{rid} not read") from exc
         if doc is None:
             what = f"{resource_type}/{rid}" + (f"/_history/{version}" if version else "")
             raise FhirError(404, "not-found", f"{what} is not known")
         return doc
 
-    async def search(self, resource_type: str, params: list[tuple[str, str]]) -> Resource:
+    async def search(self, resource_type: str, params: list[tuple[str, str]], who: Visibility = EVERYTHING) -> Resource:
         """A searchset Bundle: ``total``, one page of matches (none for ``_count=0`` or
-        ``_summary=count``; trimmed by ``_summary``/``_elements``), and self/next/previous links."""
+        ``_summary=count``; trimmed by ``_summary``/``_elements``), and self/next/previous links. Only
+        what ``who`` may see matches: the filter is part of the query, so totals and pages are right."""
         request = parse_search(resource_type, params)
         collection = self._store.resources
-        total = await collection.count_documents(request.query)
+        query = {"$and": [request.query, who.query()]} if not who.everything else request.query
+        total = await collection.count_documents(query)
         entries = []
         if request.count > 0:
             cursor = (
-                collection.find(request.query, {"resource": 1, "type": 1, "id": 1})
+                collection.find(query, {"resource": 1, "type": 1, "id": 1})
                 .sort([("last_updated", 1), ("_id", 1)])
                 .skip(request.offset)
                 .limit(request.count)
@@ -149,12 +164,19 @@ class FhirReads:
             bundle["entry"] = entries
         return bundle
 
-    async def history(self, resource_type: str, resource_id: str | None, params: list[tuple[str, str]]) -> Resource:
+    async def history(
+        self,
+        resource_type: str,
+        resource_id: str | None,
+        params: list[tuple[str, str]],
+        who: Visibility = EVERYTHING,
+    ) -> Resource:
         """A history Bundle, newest first: every version of one resource (``resource_id``), or of every
         resource of the type (``resource_id`` None), paged by ``_count``/``_offset`` with next/previous
-        links, from ``_since`` on. ``FhirError`` 404 for a resource that has no version."""
+        links, from ``_since`` on; only the versions ``who`` may see. ``FhirError`` 404 for a resource
+        that has no version ``who`` may see."""
         request = parse_history(params)
-        query: dict[str, Any] = {"type": resource_type}
+        query: dict[str, Any] = {"type": resource_type, **who.query()}
         path = f"{self._base}/{resource_type}"
         if resource_id is not None:
             query["id"] = resource_id

@@ -6,12 +6,16 @@ and ``HEAD``, once for every interaction, so no route has to know about them.
 - an XML ``_format``, or (without ``_format``, which overrides it) an ``Accept`` that admits no JSON, is
   answered 406 with an OperationOutcome before the request reaches a route (nothing is stored);
 - ``_pretty=true`` re-indents the JSON answer (compact otherwise);
-- ``HEAD`` is served as ``GET`` with the body dropped (headers, status and ``Content-Length`` kept).
+- ``HEAD`` is served as ``GET`` with the body dropped (headers, status and ``Content-Length`` kept);
+- every segment of a ``/fhir/...`` path (a type, an id, a version, ``_history``, ``$validate``) must be
+  a FHIR id, optionally after ``$`` or ``_``: anything else (a space, a NUL, 65 characters) could never
+  name a resource, and is answered 400 before it reaches a route or the database.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +26,24 @@ from shared.fhir_conventions import FORMAT_PARAMS, check_accept, check_format, c
 
 def is_fhir_path(path: str) -> bool:
     return path == "/metadata" or path == "/fhir" or path.startswith("/fhir/")
+
+
+# A FHIR id (shared.ids.FHIR_ID), or an operation or a keyword: $validate, _history, _search.
+_SEGMENT = re.compile(r"[$_]?[A-Za-z0-9\-.]{1,64}")
+
+
+def check_path(path: str) -> None:
+    """``FhirError`` 400 unless every non-empty segment of a ``/fhir/...`` path is a FHIR id (1-64
+    letters, digits, '-' or '.'), an operation (``$validate``) or a keyword (``_history``)."""
+    for segment in path.split("/")[2:]:
+        if segment and not _SEGMENT.fullmatch(segment):
+            shown = segment if len(segment) <= 80 else f"{segment[:80]}... ({len(segment)} characters)"
+            raise FhirError(
+                400,
+                "invalid",
+                f"{shown.encode('unicode_escape').decode()!r} in the path is not a FHIR id "
+                "(1-64 letters, digits, '-' or '.')",
+            )
 
 
 class FhirNegotiation:
@@ -35,6 +57,7 @@ class FhirNegotiation:
         params = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         try:
+            check_path(scope["path"])
             formats = [v for k, v in params if k == "_format"]
             for value in formats:
                 check_format(value)

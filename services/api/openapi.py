@@ -5,6 +5,10 @@ parameters that depend on the resource type, so FastAPI sees neither. ``describe
 generated document, route by route, from the same data the server uses (``shared.search.PARAMETERS``): FHIR
 JSON bodies (loosely typed: a resource, a Bundle, Parameters), the form of ``_search``, HL7v2 text, and
 every query parameter and conditional header each interaction takes. Nothing here changes behaviour.
+
+Where a value has a closed set of forms, the document says so (``VALUES``: ``_format``, ``_count``...; a
+path's resource type, id and version), so that a client, or a test generating requests from this
+document, knows a valid request from one the server refuses with 400, 404 or 406.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from shared.fhir import FHIR_JSON
 from shared.search import COMMON, PARAM_TYPES, PARAMETERS
 
 from ..pathway.updates import UPDATABLE
+from .capability import SUPPORTED_TYPES
 
 Schema = dict[str, Any]
 REF = "#/components/schemas/"
@@ -68,8 +73,29 @@ HISTORY_PARAMETERS = [
 ]
 
 
+FHIR_ID: Schema = {"type": "string", "pattern": "^[A-Za-z0-9\\-.]{1,64}$"}
+# The closed forms of the parameters that have one (every other is a string the server parses).
+VALUES: dict[str, Schema] = {
+    "_format": {"type": "string", "enum": ["json", "application/fhir+json", "application/json"]},
+    "_pretty": {"type": "string", "enum": ["true", "false"]},
+    "_summary": {"type": "string", "enum": ["true", "text", "data", "count", "false"]},
+    "_total": {"type": "string", "enum": ["none", "estimate", "accurate"]},
+    "_totalMethod": {"type": "string", "enum": ["none", "estimate", "accurate"]},
+    "_count": {"type": "integer", "minimum": 0, "maximum": 100},
+    "_offset": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+}
+PATH_VALUES: dict[str, Schema] = {
+    "resource_type": {"type": "string", "enum": list(SUPPORTED_TYPES)},
+    "resource_id": FHIR_ID,
+    "referral_id": FHIR_ID,
+    "subscription_id": FHIR_ID,
+    "version": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+}
+
+
 def _query(name: str, description: str) -> Schema:
-    return {"name": name, "in": "query", "required": False, "description": description, "schema": {"type": "string"}}
+    schema = VALUES.get(name, {"type": "string"})
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
 def _header(name: str, description: str) -> Schema:
@@ -179,6 +205,9 @@ def describe(document: Schema) -> Schema:
                 body = _request_body(method, path)
                 if body is not None:
                     operation["requestBody"] = body
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter["name"] in PATH_VALUES and path.startswith("/fhir"):
+                    parameter["schema"] = {**parameter.get("schema", {}), **PATH_VALUES[parameter["name"]]}
             present = {(p["name"].lower(), p["in"]) for p in operation.get("parameters", [])}
             for parameter in _parameters(method, path):
                 if (parameter["name"].lower(), parameter["in"]) not in present:

@@ -3,6 +3,7 @@
 
 Thin handlers over ``FhirReads`` and ``shared.search``. Every refusal is a ``FhirError`` the app answers
 as an OperationOutcome: 404 for a type the server does not hold, 400 for a parameter it does not take.
+Each read sees what the caller may see (``authorisation.Who``): another trust's resource is 404.
 Create and Bundles are intake's routes (``services/intake/routes_fhir.py``).
 """
 
@@ -22,6 +23,8 @@ from shared.http_server import FhirResponse, read_body
 from shared.store import Document
 from shared.subsetting import apply_subset, parse_subset
 
+from .audit import note_bundle, note_resources
+from .authorisation import Who
 from .capability import SUPPORTED_TYPES, capability_statement, hub_version
 from .deps import Api
 
@@ -61,16 +64,18 @@ async def validate_operation(resource_type: str, request: Request, api: Api) -> 
 
 
 @router.get("/{resource_type}", summary="Search (searchset Bundle, paged)", response_class=FhirResponse)
-async def search(resource_type: str, request: Request, api: Api) -> FhirResponse:
+async def search(resource_type: str, request: Request, api: Api, who: Who) -> FhirResponse:
     _known_type(resource_type)
-    return FhirResponse(await api.reads.search(resource_type, list(request.query_params.multi_items())))
+    bundle = await api.reads.search(resource_type, list(request.query_params.multi_items()), who)
+    note_bundle(request, bundle)  # the audit trail names what was returned
+    return FhirResponse(bundle)
 
 
 @router.get("/{resource_type}/_search", summary="Search", response_class=FhirResponse, operation_id="search_get")
 @router.post(
     "/{resource_type}/_search", summary="Search by form POST", response_class=FhirResponse, operation_id="search_post"
 )
-async def search_post(resource_type: str, request: Request, api: Api) -> FhirResponse:
+async def search_post(resource_type: str, request: Request, api: Api, who: Who) -> FhirResponse:
     _known_type(resource_type)
     params = list(request.query_params.multi_items())
     if request.method == "POST":
@@ -80,40 +85,50 @@ async def search_post(resource_type: str, request: Request, api: Api) -> FhirRes
         if size > 64 * 1024:
             raise FhirError(413, "too-costly", "a search form over 64 KiB is not accepted")
         params += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-    return FhirResponse(await api.reads.search(resource_type, params))
+    bundle = await api.reads.search(resource_type, params, who)
+    note_bundle(request, bundle, params)
+    return FhirResponse(bundle)
 
 
 @router.get("/{resource_type}/_history", summary="History of every resource of a type", response_class=FhirResponse)
-async def type_history(resource_type: str, request: Request, api: Api) -> FhirResponse:
+async def type_history(resource_type: str, request: Request, api: Api, who: Who) -> FhirResponse:
     """Newest first, paged (``_count``, ``_offset``, next/previous links), from ``_since`` on."""
     _known_type(resource_type)
     params = list(request.query_params.multi_items())
-    return FhirResponse(await api.reads.history(resource_type, None, params))
+    bundle = await api.reads.history(resource_type, None, params, who)
+    note_bundle(request, bundle)
+    return FhirResponse(bundle)
 
 
 @router.get("/{resource_type}/{resource_id}/_history", summary="History of a resource", response_class=FhirResponse)
-async def history(resource_type: str, resource_id: str, request: Request, api: Api) -> FhirResponse:
+async def history(resource_type: str, resource_id: str, request: Request, api: Api, who: Who) -> FhirResponse:
     """Newest first, paged (``_count``, ``_offset``, next/previous links), from ``_since`` on."""
     _known_type(resource_type)
     params = list(request.query_params.multi_items())
-    return FhirResponse(await api.reads.history(resource_type, resource_id, params))
+    bundle = await api.reads.history(resource_type, resource_id, params, who)
+    note_bundle(request, bundle)
+    return FhirResponse(bundle)
 
 
 @router.get("/{resource_type}/{resource_id}", summary="Read a resource", response_class=FhirResponse)
-async def read(resource_type: str, resource_id: str, request: Request, api: Api) -> Response:
+async def read(resource_type: str, resource_id: str, request: Request, api: Api, who: Who) -> Response:
     """200 with ETag and Last-Modified; 304 when If-None-Match / If-Modified-Since say the client's copy
     is current; ``_summary`` / ``_elements`` trim the answer (tagged SUBSETTED)."""
     _known_type(resource_type)
-    return conditional(request, await api.reads.read(resource_type, resource_id))
+    doc = await api.reads.read(resource_type, resource_id, who=who)
+    note_resources(request, [doc["resource"]])  # the audit trail names its patient
+    return conditional(request, doc)
 
 
 @router.get(
     "/{resource_type}/{resource_id}/_history/{version}", summary="Read one version", response_class=FhirResponse
 )
-async def vread(resource_type: str, resource_id: str, version: str, request: Request, api: Api) -> Response:
+async def vread(resource_type: str, resource_id: str, version: str, request: Request, api: Api, who: Who) -> Response:
     """As read, for one version."""
     _known_type(resource_type)
-    return conditional(request, await api.reads.read(resource_type, resource_id, version))
+    doc = await api.reads.read(resource_type, resource_id, version, who)
+    note_resources(request, [doc["resource"]])
+    return conditional(request, doc)
 
 
 def validators(doc: Document) -> dict[str, str]:

@@ -6,6 +6,9 @@ Registered before the generic /fhir routes. Thin: parsing and rules live in ``se
 stays free of any HTTP framework (this router is the API's, calling the pathway's functions). Every
 refusal is an OperationOutcome, and the refused body is kept as a rejected message (by intake, which
 keeps every inbound body).
+
+Who may do what (``authorisation.py``): the MSCC team moves referrals; a referring trust may cancel its
+own referral and update its content; another trust's resource is 404, as if it did not exist.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from shared.fhir_conventions import prefer_return
 from shared.http_server import CallerDep, FhirResponse, Peer, outcome_response, read_body
 from shared.nhs import check_nhs_numbers
 from shared.store import Document
+from shared.visibility import Visibility
 
 from ..pathway.service import parse_transition
 from ..pathway.updates import UPDATABLE, expected_version, parse_if_match
+from .authorisation import Who, check_move, check_update, not_known, visible
 from .deps import Api, ApiServices
 
 router = APIRouter(prefix="/fhir", tags=["FHIR", "MSCC pathway"])
@@ -60,10 +65,12 @@ async def transition(
     request: Request,
     api: Api,
     caller: CallerDep,
+    who: Who,
     peer: Peer,
     if_match: Annotated[str | None, Header()] = None,
 ) -> FhirResponse:
-    """Parameters step / time / note / who -> the updated referral (200, ETag). Refusals: 400, 404,
+    """Parameters step / time / note / who -> the updated referral (200, ETag). Refusals: 400, 403 (a
+    trust's move other than cancelling its own referral), 404 (no such referral, or another trust's),
     409 (the OperationOutcome names the allowed steps), 412 (If-Match), 422."""
     body = await _body(request, api)
     header = {"interaction": "operation", "operation": "$transition", "resource_type": "ServiceRequest"}
@@ -71,6 +78,9 @@ async def transition(
         parameters = validate(parse_json(body), "Parameters")
         ask = parse_transition(parameters)
         expected = parse_if_match(if_match) if if_match is not None else None
+        if not who.everything and await visible(api.store, who, "ServiceRequest", referral_id) is None:
+            raise not_known("ServiceRequest", referral_id)
+        check_move(who, referral_id, ask.step)
         result = await api.pathway.transition(referral_id, ask, expected, body, caller, peer)
     except FhirError as error:
         await api.intake.fhir.keep_rejected(body, error, caller, peer, {**header, "id": referral_id})
@@ -84,6 +94,7 @@ async def _update(
     request: Request,
     api: ApiServices,
     caller: Caller,
+    who: Visibility,
     peer: str,
     if_match: str | None,
     prefer: str | None = None,
@@ -92,15 +103,21 @@ async def _update(
     names or, without it, the body's ``meta.versionId``. Refusals: 400, 405 (an id that does not exist:
     update never creates), 409, 412 (stale), 422, 428 (neither If-Match nor meta.versionId). ``Prefer:
     return=minimal`` answers no body, ``return=OperationOutcome`` what was done (and any NHS number
-    warning)."""
-    if await api.store.resources.find_one({"_id": f"{resource_type}/{resource_id}"}, {"_id": 1}) is None:
+    warning). For a trust, another trust's resource, or one that does not exist, is 404 (the same
+    answer: existence is not revealed); updating the MSCC team's Encounter or CarePlan, or moving the
+    referral other than to cancel it, is 403."""
+    stored = await visible(api.store, who, resource_type, resource_id)
+    if stored is None and who.everything:
         # FHIR: 405 when the resource did not exist and the server does not take client-defined ids.
         error = FhirError(405, "not-supported", f"{resource_type}/{resource_id} does not exist: update never creates")
         return outcome_response(error, {"Allow": "GET"})
     body = await _body(request, api)
     header = {"interaction": "update", "resource_type": resource_type, "id": resource_id}
     try:
+        if stored is None:
+            raise not_known(resource_type, resource_id)
         data = parse_json(body)
+        check_update(who, stored, data)
         expected = expected_version(if_match, data)
         resource = validate(data, resource_type, bindings=True)
         # As on create: an NHS number failing the check is never stored as one (the answer shows it demoted).
@@ -131,11 +148,12 @@ def _update_route(resource_type: str) -> Callable[..., Awaitable[Response]]:
         request: Request,
         api: Api,
         caller: CallerDep,
+        who: Who,
         peer: Peer,
         if_match: Annotated[str | None, Header()] = None,
         prefer: Annotated[str | None, Header(description="return=minimal | representation | OperationOutcome")] = None,
     ) -> Response:
-        return await _update(resource_type, resource_id, request, api, caller, peer, if_match, prefer)
+        return await _update(resource_type, resource_id, request, api, caller, who, peer, if_match, prefer)
 
     return update
 

@@ -11,6 +11,8 @@
     POST   /fhir/Subscription/{id}/$redeliver      dead-lettered events again (eventNumber: one of them)
     POST   /fhir/Subscription/{id}/$skip           give dead-lettered events up (eventNumber: one of them)
 
+A trust manages its own subscriptions only (another's is 404); the MSCC team manages every trust's.
+Channel headers are write-only: every answer gives them masked (``notifier/channel_headers.py``).
 Operation parameters travel in the query string. Included before the generic FHIR router, whose
 ``/{type}/{id}`` routes would otherwise take these paths.
 """

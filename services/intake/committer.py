@@ -3,7 +3,10 @@
 ``commit(docs)`` queues records and resolves once they are on disk (write concern majority, journaled).
 While one ``insert_many`` is in flight the next batch gathers, so many senders share each journal
 flush. A record whose ``dedup_key`` already exists resolves to the stored original instead
-(``inserted=False``). Any other database error is raised to the caller, which must not acknowledge.
+(``inserted=False``). Any other database error is raised to the caller, which must not acknowledge, as
+``StoreUnavailable`` saying whether it is transient (``shared/db_errors.py``) and naming only the error's
+class and code: a database error's text can carry the record's content, which never reaches the log. A
+record that cannot be encoded at all (too large, say) fails alone; the others in its group are written.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+import bson
+from bson.errors import BSONError
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, DocumentTooLarge, PyMongoError, WriteError
 from pymongo.read_concern import ReadConcern
 
+from shared.db_errors import describe, is_transient
 from shared.store import Document
 
 DUPLICATE_KEY = 11000
@@ -30,7 +36,28 @@ class Committed:
 
 
 class StoreUnavailable(Exception):
-    """The records were not written; nothing may be acknowledged as accepted."""
+    """The records were not written; nothing may be acknowledged as accepted. ``failure``: the database
+    error (its text is never logged); ``transient``: whether writing them again may succeed."""
+
+    def __init__(self, reason: str, failure: BaseException | None = None) -> None:
+        super().__init__(reason)
+        self.failure = failure
+
+    @property
+    def transient(self) -> bool:
+        return self.failure is None or is_transient(self.failure)
+
+
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+
+
+def _unencodable(doc: Document) -> BaseException | None:
+    """Why ``doc`` cannot be written as it is (not encodable, or over MongoDB's document size), or None."""
+    try:
+        size = len(bson.encode(doc))
+    except BSONError as exc:
+        return exc
+    return DocumentTooLarge(f"document of {size} bytes") if size > MAX_DOCUMENT_BYTES else None
 
 
 _Item = tuple[Document, "asyncio.Future[Committed]"]
@@ -86,8 +113,8 @@ class GroupCommitter:
             try:
                 await self._write(batch)
             except Exception as exc:  # a bug must not leave senders waiting forever for their ACK
-                log.exception("group commit failed")
-                self._fail(batch, f"internal error while storing: {exc!r}")
+                log.error("group commit failed", extra={"error": type(exc).__name__})
+                self._fail(batch, f"internal error while storing: {type(exc).__name__}")
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -104,10 +131,24 @@ class GroupCommitter:
             await asyncio.sleep(0.01)
 
     @staticmethod
-    def _fail(batch: list[_Item], reason: str) -> None:
+    def _fail(batch: list[_Item], reason: str, failure: BaseException | None = None) -> None:
         for _, future in batch:
             if not future.done():
-                future.set_exception(StoreUnavailable(reason))
+                future.set_exception(StoreUnavailable(reason, failure))
+
+    async def _write_encodable(self, batch: list[_Item], exc: BSONError) -> None:
+        """After a group failed to encode: fail the records that cannot be written, write the rest."""
+        good: list[_Item] = []
+        for doc, future in batch:
+            why = _unencodable(doc)
+            if why is None:
+                good.append((doc, future))
+            elif not future.done():
+                future.set_exception(StoreUnavailable(f"record cannot be stored: {describe(why)}", why))
+        if len(good) == len(batch):
+            self._fail(batch, f"records cannot be stored: {describe(exc)}", exc)
+        elif good:
+            await self._write(good)
 
     async def _write(self, batch: list[_Item]) -> None:
         docs = [doc for doc, _ in batch]
@@ -118,11 +159,14 @@ class GroupCommitter:
             if exc.details.get("writeConcernErrors"):
                 # Written but not confirmed durable: not safe to acknowledge; the sender resends and
                 # duplicate detection answers with the stored original.
-                self._fail(batch, f"write concern not satisfied: {exc.details['writeConcernErrors']}")
+                self._fail(batch, f"write concern not satisfied: {describe(exc)}", exc)
                 return
             failed = {int(err["index"]): err for err in exc.details.get("writeErrors", [])}
         except PyMongoError as exc:
-            self._fail(batch, str(exc))
+            self._fail(batch, describe(exc), exc)
+            return
+        except BSONError as exc:  # DocumentTooLarge and kin: raised before anything is sent
+            await self._write_encodable(batch, exc)
             return
         for index, (doc, future) in enumerate(batch):
             if future.done():
@@ -136,9 +180,13 @@ class GroupCommitter:
                 try:
                     original = await self._durable_original(doc["dedup_key"])
                 except PyMongoError as exc:
-                    future.set_exception(StoreUnavailable(str(exc)))
+                    future.set_exception(StoreUnavailable(describe(exc), exc))
                     continue
             if original is None:
-                future.set_exception(StoreUnavailable(str(error.get("errmsg", error))))
+                # The original under this dedup key not readable yet: transient (a resend will find it).
+                pending = error.get("code") == DUPLICATE_KEY and "dedup_key" in str(error.get("errmsg", ""))
+                refused = None if pending else WriteError("write refused", int(str(error.get("code") or 0)), error)
+                reason = "the original is not stored durably yet" if refused is None else describe(refused)
+                future.set_exception(StoreUnavailable(f"write refused: {reason}", refused))
             else:
                 future.set_result(Committed(False, original))

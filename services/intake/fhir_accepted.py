@@ -23,6 +23,7 @@ from shared.nhs import check_nhs_numbers
 from shared.normalise import normalised
 from shared.store import Document
 from shared.versions import NewVersion, next_version, source_of
+from shared.visibility import TRUSTS
 
 from .bundle_entries import bundle_refusals
 from .fhir_bundles import (
@@ -37,6 +38,7 @@ from .fhir_bundles import (
     with_entry_warnings,
 )
 from .fhir_ids import random_id
+from .trust import referral_trusts
 
 
 def read_body(body: bytes, content_type: str | None, expected: str) -> Resource:
@@ -72,10 +74,15 @@ def created_record(
     rid: str,
     data: Resource,
     warnings: list[dict[str, Any]],
+    *,
+    service_ods: str,
 ) -> tuple[Document, NewVersion]:
     """The ready message record of a create (``data``, prepared from ``body`` by ``prepared_create``, to
     be stored as ``Type/rid``) and version 1 of the resource with its "created" event, both stamped with
-    the time intake received the body."""
+    the time intake received the body, and both naming the trusts that may see what it creates
+    (``trust.referral_trusts``; ``service_ods``: the MSCC team's organisation). ``FhirError`` 403 when a
+    trust names another organisation as the requester."""
+    trusts = referral_trusts(data, caller, service_ods)
     header = {"interaction": "create", "resource_type": resource_type, "id": rid}
     new = next_version(
         None,
@@ -84,6 +91,7 @@ def created_record(
         source=source_of(record_id, "urn:mscc:intake"),
         message_id=record_id,
         source_time=now,
+        trusts=trusts,
     )
     assert new is not None  # a first version is always a change
     record = fhir_message(
@@ -97,6 +105,7 @@ def created_record(
         issues=warnings,
         fhir={"resources": [f"{resource_type}/{rid}"]},
     )
+    record.extra[TRUSTS] = trusts
     return record.to_doc(), new
 
 
@@ -132,13 +141,18 @@ def bundle_record(
     now: datetime,
     base: str,
     new_id: Callable[[], str] = random_id,
+    *,
+    service_ods: str,
 ) -> Document:
     """The ready message record of a valid Bundle (``data``, read from ``body``): its entry plan (the id
     each entry's resource will have), warnings, the answer to send, and the key that makes a resend a
     duplicate. ``FhirError`` refuses the Bundle (a type not taken, a transaction with an entry the hub
     does not carry out, a message with nothing the hub stores, an update that could never be stored).
-    ``new_id`` names what has no id of its own (entries without a business identifier or id)."""
+    ``new_id`` names what has no id of its own (entries without a business identifier or id). The
+    record names the trusts that may see what the Bundle writes (``trust.referral_trusts``: 403 when a
+    trust names another organisation as a referral's requester)."""
     bundle_type, entries, first = _checked_bundle(data)
+    trusts = referral_trusts(data, caller, service_ods)
     refusals, not_stored = bundle_refusals(bundle_type, entries)
     # Batch entries refused above are answered one by one, not by refusing the whole Bundle.
     check_update_targets([{} if index in refusals else entry for index, entry in enumerate(entries)])
@@ -171,4 +185,5 @@ def bundle_record(
         reply={"status": reply.status, "body": reply.body},
         dedup_key=bundle_key(data, first, bundle_type, caller.ods_code) or None,
     )
+    record.extra[TRUSTS] = trusts
     return record.to_doc()

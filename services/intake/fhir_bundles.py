@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.fhir import FhirError, Resource, business_identifiers, operation_outcome, validate
+from shared.ids import fitting_key
 from shared.nhs import check_nhs_numbers
 
 from .bundle_entries import EntryRefusal
@@ -99,10 +100,10 @@ def bundle_key(data: Resource, first: Resource, bundle_type: str, ods_code: str)
     """Resending the same Bundle (same identifier from the same organisation, or same MessageHeader
     id) is a duplicate; another trust's Bundle with the same identifier is not."""
     ids = business_identifiers(data)
-    if ids:
-        return f"fhir|bundle|{identifier_scope(ids[0][0], ods_code)}|{ids[0][1]}"
+    if ids:  # a unique index: a digest when the identifier is too long to be indexed (fitting_key)
+        return fitting_key(f"fhir|bundle|{identifier_scope(ids[0][0], ods_code)}|{ids[0][1]}")
     if bundle_type == "message" and first.get("id"):
-        return f"fhir|message|{first['id']}"
+        return fitting_key(f"fhir|message|{first['id']}")
     return None
 
 

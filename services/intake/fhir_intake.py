@@ -20,9 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from bson.errors import BSONError
 from pymongo.errors import PyMongoError
 
 from shared.auth import Caller
+from shared.db_errors import database_failure, safe_summary
 from shared.fhir import (
     FHIR_VERSION,
     FhirError,
@@ -36,6 +38,7 @@ from shared.resources import ResourceStore, content_of
 from shared.retry import TransactionRetry, TransientError, run_transaction
 from shared.store import DURABLE, Document, Store
 from shared.versions import NewVersion, write_versions
+from shared.visibility import Visibility
 
 from .committer import GroupCommitter, StoreUnavailable
 from .fhir_accepted import bundle_record, created_record, prepared_create, read_body
@@ -43,6 +46,7 @@ from .fhir_bundles import check_update_targets
 from .fhir_ids import business_id, identifier_scope, legacy_id, random_id
 from .fhir_reply import FhirReply, etag, http_date
 from .hl7_intake import new_id
+from .trust import referral_trusts
 
 # Re-exported: the names callers (and tests) import from here.
 __all__ = ["FhirIntake", "FhirReply", "business_id", "check_update_targets", "identifier_scope", "legacy_id"]
@@ -54,10 +58,11 @@ MATCH_LIMIT = 50  # If-None-Exist candidates read before keeping those in the ca
 CREATE_RETRY = TransactionRetry(attempts=8)
 
 
-def _unavailable(what: str, exc: PyMongoError) -> FhirError:
-    """The 503 for a database failure (details go to the log, not to the client)."""
-    log.error("FHIR intake: database error", extra={"what": what, "reason": str(exc)})
-    return FhirError(503, "transient", f"{what}: the database did not answer, send it again")
+def _unavailable(what: str, exc: BaseException) -> FhirError:
+    """The answer to a database failure: 503 "send it again" only when transient, a 4xx when it never
+    succeeds (``shared.db_errors``). The log gets the error's class and code, never its text."""
+    log.error("FHIR intake: database error", extra={"what": what, **safe_summary(exc)})
+    return database_failure(exc, what)
 
 
 def _same_create(stored: Resource, data: Resource) -> bool:
@@ -85,13 +90,20 @@ def parse_if_none_exist(value: str) -> tuple[str, str]:
 
 class FhirIntake:
     def __init__(
-        self, store: Store, committer: GroupCommitter, base_url: str, clock: Callable[[], datetime] | None = None
+        self,
+        store: Store,
+        committer: GroupCommitter,
+        base_url: str,
+        clock: Callable[[], datetime] | None = None,
+        service_ods: str = "",
     ) -> None:
         self._store = store
         self._resources = ResourceStore(store)
         self._committer = committer
         self._base = base_url.rstrip("/") + "/fhir"
         self._clock = clock or (lambda: datetime.now(UTC))
+        # The MSCC team's organisation (MSCC_RECEIVING_FACILITY): its clients create referrals for any trust.
+        self._service_ods = service_ods
 
     def _rejected(
         self, body: bytes, error: FhirError, caller: Caller, peer: str, header: dict[str, Any], size: int | None = None
@@ -179,9 +191,10 @@ class FhirIntake:
         data = await self._validated(body, content_type, resource_type, caller, peer, header)
         data, warnings = prepared_create(data)
         try:
+            referral_trusts(data, caller, self._service_ods)  # 403 before anything is matched or created
             try:
                 reply = await self._conditional_create(resource_type, data, body, if_none_exist, caller, peer, warnings)
-            except PyMongoError as exc:
+            except (PyMongoError, BSONError) as exc:
                 raise _unavailable(f"{resource_type} not stored", exc) from exc
         except FhirError as error:
             await self.keep_rejected(body, error, caller, peer, header)
@@ -229,6 +242,13 @@ class FhirIntake:
             return True
         return legacy_id(rtype, doc["resource"]) == rid and await self._created_by(rtype, rid, caller.ods_code)
 
+    async def _sees(self, doc: Document, caller: Caller) -> bool:
+        """Whether the caller may be answered with a stored resource: it may see it, or (a resource
+        stored before versions named their trusts) its organisation created it."""
+        if Visibility.of(caller, self._service_ods).sees(doc):
+            return True
+        return await self._created_by(str(doc["type"]), str(doc["id"]), caller.ods_code)
+
     async def _conditional_create(
         self,
         resource_type: str,
@@ -244,7 +264,7 @@ class FhirIntake:
         if if_none_exist is not None:
             system, value = parse_if_none_exist(if_none_exist)
             found = await self._resources.by_identifier(resource_type, system, value, limit=MATCH_LIMIT)
-            matches = [doc for doc in found if await self._in_scope(doc, caller)]
+            matches = [doc for doc in found if await self._in_scope(doc, caller) and await self._sees(doc, caller)]
             if len(matches) > 1:
                 raise FhirError(
                     412, "multiple-matches", f"If-None-Exist {if_none_exist!r} matches more than one {resource_type}"
@@ -278,6 +298,14 @@ class FhirIntake:
 
         async def once() -> FhirReply:
             existing = await self._resources.read(resource_type, rid)
+            if existing is not None and not await self._sees(existing, caller):
+                # Only a national identifier gives two trusts one id: never answer with the other's resource.
+                raise FhirError(
+                    409,
+                    "duplicate",
+                    f"{resource_type} cannot be created under this business identifier: give it an identifier "
+                    "your organisation assigns",
+                )
             if existing is not None:
                 if _same_create(existing["resource"], data) or await self._created_as(resource_type, rid, data):
                     return self._existing_reply(existing)  # the same create again: idempotent
@@ -288,7 +316,18 @@ class FhirIntake:
                     "(this server does not update resources): use If-None-Exist to get the stored one",
                 )
             now = self._clock()
-            record, new = created_record(body, caller, peer, new_id(), now, resource_type, rid, data, warnings or [])
+            record, new = created_record(
+                body,
+                caller,
+                peer,
+                new_id(),
+                now,
+                resource_type,
+                rid,
+                data,
+                warnings or [],
+                service_ods=self._service_ods,
+            )
             await self._write_created(record, new)
             return FhirReply(
                 201,
@@ -320,7 +359,9 @@ class FhirIntake:
         header: dict[str, Any] = {"interaction": "bundle"}
         data = await self._validated(body, content_type, "Bundle", caller, peer, header)
         try:
-            record = bundle_record(data, body, caller, peer, new_id(), self._clock(), self._base)
+            record = bundle_record(
+                data, body, caller, peer, new_id(), self._clock(), self._base, service_ods=self._service_ods
+            )
         except FhirError as error:
             await self.keep_rejected(body, error, caller, peer, header)
             raise
@@ -328,6 +369,10 @@ class FhirIntake:
             [committed] = await self._committer.commit([record])
         except StoreUnavailable as exc:
             log.error("FHIR Bundle not stored", extra={"reason": str(exc)})
+            if exc.failure is not None and not exc.transient:
+                refusal = database_failure(exc.failure, "the Bundle was not stored")
+                await self.keep_rejected(body, refusal, caller, peer, header)
+                raise refusal from exc
             raise FhirError(
                 503, "transient", "the Bundle was not stored (database unavailable), send it again"
             ) from exc

@@ -3,12 +3,12 @@
 ``receive(data)`` returns the reply to send (or none, where MSH-15 asks for none). Every frame is
 stored before the reply is built from what was stored: accepted messages with status "ready" (the
 mapper's queue), rejected ones with status "rejected" and the reason. Nothing is acknowledged if the
-store did not confirm the write: the reply is then AE/CE with code 207, asking the sender to resend.
+store did not confirm the write: the reply is then AE/CE with code 207, asking the sender to resend, when
+the failure is transient; a message the database can never store is refused (AR 207) and kept if it can be.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -22,6 +22,7 @@ from shared.auth import Caller
 from shared.er7 import SegmentSpan, segment_spans
 from shared.messages import HL7V2, HL7V2_BATCH, MessageRecord
 from shared.store import Document
+from shared.visibility import TRUSTS
 
 from .ack import ack_code, build_ack, should_reply
 from .committer import Committed, GroupCommitter, StoreUnavailable
@@ -35,7 +36,10 @@ from .header import (
     read_header_fields,
     read_message,
 )
+from .hl7_keys import content_digest, control_key, dedup_key, indexed_header
+from .origin import Origin
 from .policy import SenderPolicy
+from .trust import hl7_trust
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ class Arrival:
     peer: str
     caller: Caller
     charset: str | None = None  # an HTTP Content-Type charset, which wins over MSH-18
+    origin: Origin | None = None  # listener, peer address, client certificate: for the sender allow-list
 
     def accepted(
         self,
@@ -72,8 +77,10 @@ class Arrival:
         ack: str,
         dedup: str | None,
         batch: dict[str, Any] | None,
+        trust: str = "",
     ) -> MessageRecord:
-        """The record of an accepted message: queued for the mapper ("ready"), raw bytes kept exactly."""
+        """The record of an accepted message: queued for the mapper ("ready"), raw bytes kept exactly,
+        with the trust it speaks for (``trust.py``)."""
         return MessageRecord(
             id=record_id,
             received_at=self.now,
@@ -83,7 +90,7 @@ class Arrival:
             caller=self.caller.to_doc(),
             raw=raw,
             status="ready",
-            header=read.header.to_doc(),
+            header=indexed_header(read.header),
             text=read.text,
             charset=read.charset,
             issues=[i.to_doc() for i in read.issues],
@@ -91,6 +98,7 @@ class Arrival:
             ack={"code": "AA", "text": ack},
             dedup_key=dedup,
             batch=batch,
+            extra={TRUSTS: [trust] if trust else []},
         )
 
     def rejected(
@@ -120,7 +128,7 @@ class Arrival:
             status="rejected",
             reason=reason,
             issues=[issue.to_doc()],
-            header=header.to_doc() if header else None,
+            header=indexed_header(header) if header else None,
             text=raw.decode("latin-1"),
             charset=None,
             ack=ack,
@@ -158,34 +166,6 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def control_key(header: MessageHeader) -> str:
-    return f"hl7v2|{header.get(3)}|{header.get(4)}|{header.control_id}"
-
-
-def content_digest(data: bytes, spans: list[SegmentSpan], header: MessageHeader) -> str:
-    """A digest of the message's segments, MSH-7 (time of sending) aside and line endings normalised:
-    a resend that only re-stamps MSH-7 or changes CRLF to CR is still the same message."""
-    digest = hashlib.sha256()
-    msh = list(header.fields)
-    if len(msh) >= 7:
-        msh[6] = ""
-    digest.update(header.separators.field.join(msh[1:]).encode("utf-8", "surrogateescape"))
-    for span in spans[1:]:
-        digest.update(b"\r" + data[span.start : span.end])
-    return digest.hexdigest()[:32]
-
-
-def dedup_key(header: MessageHeader, digest: str) -> str | None:
-    """Same sending application + facility + control id + content = the same message.
-
-    A control id reused for different content is a different message: it is stored, not mistaken
-    for a resend (senders and test systems do reuse ids). None when MSH-10 is empty.
-    """
-    if not header.control_id:
-        return None
-    return f"{control_key(header)}|{digest}"
-
-
 def _try_header(data: bytes, spans: list[SegmentSpan]) -> MessageHeader | None:
     """The first readable MSH of a frame, to address a rejection to its sender."""
     for span in spans:
@@ -215,10 +195,17 @@ class Hl7Intake:
         return Arrival(self._clock(), channel, peer, caller, charset)
 
     async def receive(
-        self, data: bytes, *, channel: str, peer: str, caller: Caller, charset: str | None = None
+        self,
+        data: bytes,
+        *,
+        channel: str,
+        peer: str,
+        caller: Caller,
+        charset: str | None = None,
+        origin: Origin | None = None,
     ) -> Reply:
         """Store one frame (a message or a batch) and return the acknowledgement to send."""
-        arrival = self._arrival(channel, peer, caller, charset)
+        arrival = Arrival(self._clock(), channel, peer, caller, charset, origin)
         spans = segment_spans(data)
         try:
             envelope = split_envelope(data, spans)
@@ -274,6 +261,8 @@ class Hl7Intake:
             )
             header = read.header
             self._policy.check(header)
+            self._policy.check_origin(header, arrival.origin)
+            trust = hl7_trust(self._policy, header, arrival.caller, arrival.channel, self._config.facility)
         except Rejection as rejection:
             header = header or _try_header(data, spans)
             issue = Issue("E", rejection.code, rejection.reason, rejection.location)
@@ -281,14 +270,15 @@ class Hl7Intake:
             return arrival.rejected(record_id, raw, rejection.reason, issue, header, ack, batch=batch), header
         ack_text = self._ack(header, "AA", record_id, read.issues, arrival.now)
         dedup = dedup_key(header, content_digest(data, spans, header))
-        return arrival.accepted(record_id, raw, read, ack_text, dedup or None, batch), header
+        return arrival.accepted(record_id, raw, read, ack_text, dedup or None, batch, trust), header
 
-    async def _commit(self, docs: list[Document]) -> list[Committed] | None:
+    async def _commit(self, docs: list[Document]) -> list[Committed] | StoreUnavailable:
+        """The records written, or why not (its text names only the database error's class and code)."""
         try:
             return await self._committer.commit(docs)
         except StoreUnavailable as exc:
             log.error("inbound records not stored", extra={"reason": str(exc), "count": len(docs)})
-            return None
+            return exc
 
     def _unavailable(self, header: MessageHeader | None, now: datetime) -> Reply:
         issue = Issue(
@@ -308,7 +298,11 @@ class Hl7Intake:
     async def _receive_one(self, data: bytes, spans: list[SegmentSpan], arrival: Arrival) -> Reply:
         record, header = self._prepare(data, spans, data, arrival)
         committed = await self._commit([record.to_doc()])
-        if committed is None:
+        if isinstance(committed, StoreUnavailable) and not committed.transient:
+            # Never "resend" what can never be stored (a sender would retry for ever): AR, kept if it can be.
+            reason = f"the message cannot be stored ({committed}): sending it again will not help"
+            return await self._store_rejection(data, header, Rejection(APPLICATION_INTERNAL_ERROR, reason), arrival)
+        if isinstance(committed, StoreUnavailable):
             return self._unavailable(header, arrival.now)
         stored = await self._stored(committed[0], arrival.now)
         mode_code = ack_code(stored["ack"]["code"], header)
@@ -351,7 +345,7 @@ class Hl7Intake:
         record = arrival.rejected(
             record_id, data, rejection.reason, issue, header, ack, size=size, truncated=size is not None
         )
-        if await self._commit([record.to_doc()]) is None:
+        if isinstance(await self._commit([record.to_doc()]), StoreUnavailable):
             return self._unavailable(header, arrival.now)
         code = rejection.ack if original_mode else ack_code(rejection.ack, header)
         return Reply(text.encode("utf-8"), code, (record_id,))
@@ -377,7 +371,7 @@ class Hl7Intake:
         record = self._arrival(channel, peer, caller).rejected(
             record_id, data, reason, Issue("E", 100, reason), None, None
         )
-        if await self._commit([record.to_doc()]) is None:
+        if isinstance(await self._commit([record.to_doc()]), StoreUnavailable):
             return None
         log.warning("kept unacknowledged bytes", extra={"record": record_id, "reason": reason, "peer": peer})
         return record_id
@@ -400,7 +394,7 @@ class Hl7Intake:
         envelope = arrival.envelope(batch_id, data, [record.id for record, _ in prepared])
         committed = await self._commit([envelope.to_doc()] + [record.to_doc() for record, _ in prepared])
         first_header = next((h for _, h in prepared if h is not None), None)
-        if committed is None:
+        if isinstance(committed, StoreUnavailable):
             return self._unavailable(first_header, arrival.now)
         stored = [await self._stored(result, arrival.now) for result in committed[1:]]
         codes = [doc["ack"]["code"] for doc in stored]

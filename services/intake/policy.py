@@ -7,8 +7,21 @@ File format (``MSCC_SENDERS_FILE``)::
                   "message_types": ["ADT^A01", "ADT^A08", "REF^*"], "processing_ids": ["P"]}]}
 
 A sender is matched by MSH-4 (sending facility, first component) and MSH-3 (``"*"`` matches any).
+``ods_code`` (optional) names the organisation a sender is when its MSH-4 is a local name rather than its
+ODS code (``{"facility": "ROYALBOLTON", "ods_code": "RBL"}``): its messages are that trust's, and that
+trust's clients may post them over HTTP (``trust.py``).
 ``message_types`` entries are ``CODE^EVENT``, ``CODE^*`` or ``*``. Without a file every type is allowed.
 A message outside its sender's list is rejected (AR) with HL7 table 0357 code 200, 201 or 202.
+
+Per listener (``"mllp"``, ``"http"``), a sender may be allowed only from some peer addresses or client
+certificates (``origin.py`` says how certificates are named)::
+
+    {"facility": "RBL", "mllp": {"addresses": ["10.20.0.0/16"], "certificates": ["CN=engine.rbl.nhs.uk"]}}
+
+Once any rule (``default`` included) names a listener, every message on that listener must come from
+where its rule allows (a sender without its own list has the default's; without one there, nowhere):
+otherwise it is rejected (AR, code 207 at MSH-4, kept with the reason). A listener no rule names
+accepts any peer, as without a file.
 """
 
 from __future__ import annotations
@@ -19,12 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from .header import (
+    APPLICATION_INTERNAL_ERROR,
     UNSUPPORTED_EVENT,
     UNSUPPORTED_MESSAGE_TYPE,
     UNSUPPORTED_PROCESSING_ID,
     MessageHeader,
     Rejection,
 )
+from .origin import Origin, OriginRule
+
+LISTENERS = ("mllp", "http")
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,8 @@ class SenderRule:
     application: str = "*"
     message_types: tuple[str, ...] = ("*",)
     processing_ids: tuple[str, ...] = ("P", "T", "D")
+    ods_code: str = ""  # the organisation this sender is, when MSH-4 is not its ODS code
+    origins: tuple[tuple[str, OriginRule], ...] = ()  # per listener, where this sender may send from
 
     def matches(self, header: MessageHeader) -> bool:
         return self.facility in ("*", header.sending_facility) and self.application in (
@@ -77,6 +96,30 @@ class SenderPolicy:
     def check(self, header: MessageHeader) -> None:
         self.rule_for(header).check(header)
 
+    def check_origin(self, header: MessageHeader, origin: Origin | None) -> None:
+        """``Rejection`` (AR) when the listener has an allow-list and ``header``'s sender may not send
+        from ``origin``'s address or certificate."""
+        if origin is None or not any(
+            origin.listener == name for r in (self.default, *self.senders) for name, _ in r.origins
+        ):
+            return
+        allowed = dict(self.rule_for(header).origins).get(origin.listener)
+        if allowed is not None and allowed.admits(origin):
+            return
+        facility = header.sending_facility or "(empty)"
+        raise Rejection(
+            APPLICATION_INTERNAL_ERROR,
+            f"sending facility {facility} (MSH-4) may not send over {origin.listener.upper()} from "
+            f'{origin.describe()}: not in its allow-list (MSCC_SENDERS_FILE, "{origin.listener}")',
+            location="MSH-4",
+        )
+
+    def trust_of(self, header: MessageHeader) -> str:
+        """The ODS code of the organisation a message speaks for: the ``ods_code`` of the sender rule
+        it matches, else its MSH-4.1, upper case ("" when MSH-4 is empty)."""
+        alias = next((rule.ods_code for rule in self.senders if rule.ods_code and rule.matches(header)), "")
+        return (alias or header.sending_facility).strip().upper()
+
 
 def _rule(data: dict[str, Any], base: SenderRule) -> SenderRule:
     return SenderRule(
@@ -84,6 +127,12 @@ def _rule(data: dict[str, Any], base: SenderRule) -> SenderRule:
         application=str(data.get("application", base.application)),
         message_types=tuple(data.get("message_types", base.message_types)),
         processing_ids=tuple(data.get("processing_ids", base.processing_ids)),
+        ods_code=str(data.get("ods_code", "")).strip().upper(),
+        origins=tuple(
+            (name, OriginRule.from_doc(data[name]) if name in data else dict(base.origins)[name])
+            for name in LISTENERS
+            if name in data or name in dict(base.origins)
+        ),
     )
 
 

@@ -73,7 +73,7 @@ async def _read_body(
 ) -> bytes:
     """The request body; ``FhirError`` 413 if it is over the limit (its first bytes are kept as rejected)."""
     limit = intake.settings.mllp_max_message_bytes
-    head, size = await read_body(request, limit)
+    head, size = await read_body(request, limit, intake.budget)
     if size > limit:
         raise await intake.fhir.refuse_oversize(head[:limit], size, limit, caller, peer, header)
     return head

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from shared.http_server import CallerDep, Peer, read_body
 
 from .deps import Intake
+from .origin import Origin
 
 router = APIRouter(tags=["HL7v2"])
 
@@ -41,7 +42,7 @@ async def post_hl7v2(request: Request, intake: Intake, caller: CallerDep, peer: 
             media_type="text/plain",
         )
     limit = intake.settings.mllp_max_message_bytes
-    body, size = await read_body(request, limit)
+    body, size = await read_body(request, limit, intake.budget)
     if size > limit:
         reply = await intake.hl7.receive_oversize(body[:limit], size, limit, channel="http", peer=peer, caller=caller)
         return Response(
@@ -51,7 +52,8 @@ async def post_hl7v2(request: Request, intake: Intake, caller: CallerDep, peer: 
             media_type="text/plain",
         )
     charset = _charset(content_type)
-    reply = await intake.hl7.receive(body, channel="http", peer=peer, caller=caller, charset=charset)
+    origin = Origin("http", request.client.host if request.client else "")  # for the sender allow-list
+    reply = await intake.hl7.receive(body, channel="http", peer=peer, caller=caller, charset=charset, origin=origin)
     if not reply.stored:
         return Response(
             "the message was not stored (database unavailable): send it again\n",

@@ -10,6 +10,7 @@ from datetime import datetime
 from shared.settings import Settings
 from shared.store import Store
 
+from .admission import intake_budget
 from .committer import GroupCommitter
 from .fhir_intake import FhirIntake
 from .hl7_intake import Hl7Intake, IntakeConfig
@@ -34,8 +35,10 @@ class IntakeService:
             settings.hl7_fallback_charset,
         )
         self.hl7 = Hl7Intake(self.committer, load_policy(settings.senders_file), config, clock)
-        self.fhir = FhirIntake(store, self.committer, settings.base_url, clock)
-        self.mllp = MllpServer(self.hl7, settings)
+        self.fhir = FhirIntake(store, self.committer, settings.base_url, clock, settings.receiving_facility)
+        # Bytes being read and stored, MLLP frames and HTTP bodies alike (shared/budget.py).
+        self.budget = intake_budget(settings)
+        self.mllp = MllpServer(self.hl7, settings, self.budget)
 
     async def start(self, *, mllp: bool = True) -> None:
         await self.committer.start()
@@ -43,5 +46,7 @@ class IntakeService:
             await self.mllp.start(self.settings.mllp_host, self.settings.mllp_port)
 
     async def stop(self) -> None:
-        await self.mllp.stop()
+        """Stop the MLLP listener (answering what is in flight, within ``MSCC_STOP_TIMEOUT_S``), then
+        the committer, after the last message it was given is written."""
+        await self.mllp.stop(self.settings.stop_timeout_s)
         await self.committer.stop()

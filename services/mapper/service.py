@@ -14,6 +14,7 @@ from shared.retry import run_transaction
 from shared.store import DURABLE, Store
 from shared.supervision import Heartbeat
 from shared.versions import next_version, read_version, write_versions
+from shared.visibility import PUBLIC
 
 from .dispatch import make_mapper
 from .hl7.config import MappingConfig
@@ -32,7 +33,10 @@ async def publish(store: Store, resource: Resource, now: datetime) -> int:
 
     async def once() -> int:
         current = read_version(await store.resources.find_one({"_id": key}))
-        new = next_version(current, resource, now=now, source="urn:mscc:hub", message_id=None, event=False)
+        # Every trust reads the hub's own definitions (an HNA answers the Questionnaire): PUBLIC.
+        new = next_version(
+            current, resource, now=now, source="urn:mscc:hub", message_id=None, event=False, trusts=(PUBLIC,)
+        )
         if new is None:
             assert current is not None
             return current.version

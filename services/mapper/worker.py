@@ -2,9 +2,15 @@
 
 Claiming: a batch of the oldest "ready" messages (and any whose lease expired) is claimed in one
 ``update_many`` guarded by status, so two workers never hold the same message; each worker then reads
-back what it won. Any number of mapper processes may run. A worker that dies leaves its messages
-"mapping" until the lease expires, when another claims them again; the writer's version guards make
-the re-run converge on the same resources.
+back what it won. Any number of mapper processes may run. The lease is short (``MSCC_MAPPER_LEASE_S``)
+and renewed every ``MSCC_LEASE_HEARTBEAT_S`` while the batch runs (``shared/leases.py``): a worker that
+dies leaves its messages "mapping" until the lease expires, seconds later, when another claims them
+again (logged as a takeover, with the count); the writer's version guards make the re-run converge on
+the same resources.
+
+Stopping: ``run`` finishes the batch in hand; one that is not finished within ``stop_timeout_s`` is
+cancelled (its transaction, if open, is aborted) and its messages released: back to "ready", lease
+cleared, the claim not counted, so another worker takes them at once.
 
 Outcomes on the message record (``status`` and ``processing``):
 - "mapped": resources written (type, id, version, changed), unmapped content, warnings;
@@ -39,6 +45,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WriteConcernError
 
+from shared.leases import LeaseKeeper
 from shared.records import MessageOutcome
 from shared.retry import Backoff, retryable
 from shared.settings import Settings
@@ -56,12 +63,14 @@ Mapper = Callable[[Document], MappingResult]
 @dataclass(frozen=True)
 class WorkerConfig:
     batch_size: int = 100
-    lease_s: float = 60.0
     max_attempts: int = 5
     backoff_base_s: float = 2.0
     backoff_max_s: float = 300.0
     idle_poll_s: float = 0.5
     future_skew_s: float = 300.0  # see ResourceWriter: a message time further ahead is not trusted
+    lease_s: float = 10.0
+    heartbeat_s: float = 3.0  # the lease is renewed this often while a batch runs
+    stop_timeout_s: float = 8.0  # a batch still running this long after stop is released
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -74,6 +83,8 @@ class WorkerConfig:
             backoff_max_s=settings.mapper_backoff_max_s,
             idle_poll_s=settings.mapper_idle_poll_s,
             future_skew_s=settings.mapper_future_skew_s,
+            heartbeat_s=settings.lease_heartbeat_s,
+            stop_timeout_s=settings.stop_timeout_s,
         )
 
 
@@ -84,6 +95,8 @@ class WorkerStats:
     failed: int = 0
     retried: int = 0
     dead: int = 0
+    taken_over: int = 0  # claimed after another worker's lease expired
+    released: int = 0  # handed back unfinished at stop
 
 
 class MapperWorker:
@@ -100,8 +113,10 @@ class MapperWorker:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._writer = ResourceWriter(store, self._clock, timedelta(seconds=self._config.future_skew_s))
         self._backoff = Backoff(self._config.backoff_base_s, self._config.backoff_max_s)
+        self._leases = LeaseKeeper(store.messages, "lease", self._config.lease_s, self._config.heartbeat_s, self._clock)
         self.owner = f"mapper-{uuid.uuid4().hex[:12]}"
         self.stats = WorkerStats()
+        self._holding: str | None = None  # the lease token of the batch in hand
 
     def _claimable(self, now: datetime) -> dict[str, Any]:
         return {
@@ -129,21 +144,31 @@ class MapperWorker:
     async def _claim_once(self) -> tuple[list[Any], list[Document]]:
         now = self._clock()
         query = self._claimable(now)
-        ids = [
-            d["_id"]
-            async for d in self._store.messages.find(query, {"_id": 1})
+        found = [
+            d
+            async for d in self._store.messages.find(query, {"_id": 1, "status": 1})
             .sort("received_at", 1)
             .limit(self._config.batch_size)
         ]
+        ids = [d["_id"] for d in found]
         if not ids:
             return [], []
         token = f"{self.owner}:{uuid.uuid4().hex[:8]}"
         lease = {"owner": token, "until": now + timedelta(seconds=self._config.lease_s)}
+        self._holding = token  # from here a stop may have to release what this claim wins
         await self._store.messages.update_many(
             {"_id": {"$in": ids}, **query}, {"$set": {"status": "mapping", "lease": lease}, "$inc": {"map_attempts": 1}}
         )
         docs = [d async for d in self._store.messages.find({"lease.owner": token}).sort("received_at", 1)]
         self.stats.claimed += len(docs)
+        expired = {d["_id"] for d in found if d.get("status") == "mapping"}
+        taken = sum(1 for d in docs if d["_id"] in expired)
+        if taken:
+            self.stats.taken_over += taken
+            log.warning(
+                "took over messages whose lease expired (the worker holding them stopped)",
+                extra={"messages": taken, "taken_over_total": self.stats.taken_over},
+            )
         # Handed back again and again by lease expiry: the worker holding it died each time (a message
         # that kills its worker). Dead-letter it rather than hand it out for ever.
         worn = [d for d in docs if int(d.get("map_attempts", 1)) > self._config.max_attempts]
@@ -186,12 +211,20 @@ class MapperWorker:
         """Claim and process one batch; the number of messages processed (0 when none were ready)."""
         docs = await self.claim()
         if not docs:
+            self._holding = None
             return 0
         token = docs[0]["lease"]["owner"]
+        async with self._leases.holding(token):
+            await self._process(docs, token)
+        self._holding = None
+        return len(docs)
+
+    async def _process(self, docs: list[Document], token: str) -> None:
         mapped: list[tuple[Document, MappingResult]] = []
         failed: list[tuple[Document, list[dict[str, Any]]]] = []
         transient: list[Document] = []
         for doc in docs:
+            await asyncio.sleep(0)  # mapping is CPU work: let the lease heartbeat (and a stop) in between
             try:
                 mapped.append((doc, self._mapper(doc)))
             except MappingError as exc:
@@ -206,7 +239,6 @@ class MapperWorker:
             await self._retry_later(transient, token, "a transient error stopped the mapping")
         if mapped:
             await self._commit(mapped, token)
-        return len(docs)
 
     async def _commit(self, mapped: list[tuple[Document, MappingResult]], token: str) -> None:
         """Write ``mapped``; on a failure that is not the database's, again one message at a time, so
@@ -297,7 +329,7 @@ class MapperWorker:
         heartbeat = heartbeat or Heartbeat.none()
         while not stop.is_set():
             try:
-                done = await self.run_once()
+                done = await self._run_once_until_stopped(stop)
                 heartbeat.beat()
             except Exception as exc:
                 log.exception("mapper: a cycle failed; pausing before the next claim")
@@ -310,6 +342,43 @@ class MapperWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._config.idle_poll_s)
         return self.stats
+
+    async def _run_once_until_stopped(self, stop: asyncio.Event) -> int:
+        """``run_once``; if ``stop`` comes while it runs, it has ``stop_timeout_s`` to finish, then it is
+        cancelled and its batch released."""
+        batch = asyncio.ensure_future(self.run_once())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({batch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not batch.done():
+                await asyncio.wait({batch}, timeout=self._config.stop_timeout_s)
+        finally:
+            stopping.cancel()
+        if batch.done():
+            return batch.result()
+        batch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await batch
+        await self.release()
+        return 0
+
+    async def release(self) -> int:
+        """Hand the batch in hand back unfinished: "ready" again, lease cleared, the claim not counted
+        (stopping is not a failure of the message). The number of messages released."""
+        token, self._holding = self._holding, None
+        if token is None:
+            return 0
+        result = await self._store.messages.update_many(
+            {"lease.owner": token, "status": "mapping"},
+            {"$set": {"status": "ready"}, "$unset": {"lease": ""}, "$inc": {"map_attempts": -1}},
+        )
+        released = int(result.modified_count)
+        self.stats.released += released
+        log.warning(
+            "stopping: the batch in hand did not finish in time; its messages were released",
+            extra={"messages": released, "stop_timeout_s": self._config.stop_timeout_s},
+        )
+        return released
 
 
 def _outcome(status: str, now: datetime, outcome: dict[str, Any]) -> Document:

@@ -44,6 +44,7 @@ from shared.retry import TransactionRetry, run_transaction
 from shared.review_task import review_task, review_task_id
 from shared.store import DURABLE, Document, Store
 from shared.versions import NewVersion, next_version, read_version, source_of, write_versions
+from shared.visibility import message_trusts
 
 from .matching import Candidates, matching_identifiers, merge_patient, replaced_by, resolve
 from .model import MappingResult, OutcomeIssue, Patch, Resource, TransientError, issue
@@ -114,11 +115,11 @@ class ResourceWriter:
         keys = {_key(r["resourceType"], r["id"]) for _, res in mapped for r in res.resources}
         keys |= {_key(p.resource_type, p.resource_id) for _, res in mapped for p in res.patches}
         keys |= {k for _, res in mapped for p in res.patches for k in p.reads}
-        # A message held again (reprocessed) finds the review Task of its earlier hold.
-        keys |= {f"Task/{review_task_id(message['_id'])}" for message, _ in mapped}
-        current = {d["_id"]: d async for d in self._store.resources.find({"_id": {"$in": sorted(keys)}})}
-        # Patients are also found by identifier: a message naming the patient by hospital number only
-        # must reach the Patient stored under its NHS number.
+        # A message held again (reprocessed) finds the review Task of its earlier hold (a held message
+        # carries ``review`` from then on).
+        keys |= {f"Task/{review_task_id(message['_id'])}" for message, _ in mapped if message.get("review")}
+        # Patients are also found by identifier, in the same read: a message naming the patient by
+        # hospital number only must reach the Patient stored under its NHS number.
         patient_keys = {
             identifier_key("Patient", system, value)
             for _, res in mapped
@@ -126,10 +127,12 @@ class ResourceWriter:
             if r.get("resourceType") == "Patient"
             for system, value in matching_identifiers(r)
         }
+        query: dict[str, Any] = {"_id": {"$in": sorted(keys)}}
         if patient_keys:
-            query = {"type": "Patient", "identifier_keys": {"$in": sorted(patient_keys)}}
-            async for doc in self._store.resources.find(query):
-                current.setdefault(doc["_id"], doc)
+            by_identifier = {"type": "Patient", "identifier_keys": {"$in": sorted(patient_keys)}}
+            query = {"$or": [query, by_identifier]}
+        current = {d["_id"]: d async for d in self._store.resources.find(query)}
+        if patient_keys:
             # ... and so are the survivors of the merges those patients were merged into.
             patients = [d["resource"] for d in current.values() if d["type"] == "Patient"]
             missing = {f"Patient/{rid}" for p in patients if (rid := replaced_by(p))} - current.keys()
@@ -162,14 +165,17 @@ class ResourceWriter:
             # The hold must not be silent: the MSCC team gets a Task (and its notification) at once.
             diagnostics = [str(i.get("diagnostics")) for i in conflicts]
             task = review_task(message_id, message.get("header") or {}, diagnostics, service_ods(), batch.now)
-            self._apply(batch, task, message, None)
+            # The MSCC team's own Task: its conflicts name the stored patient, so no trust sees it.
+            self._apply(batch, task, message, None, trusts=(), built=True)
             return []
         resources = [retarget(r, aliases) for r in result.resources] if aliases else result.resources
         patches = [retarget_patch(p, aliases) for p in result.patches] if aliases else result.patches
-        out = [self._apply(batch, r, message, source_time) for r in resources]
+        # What the hub built (HL7v2 mapping, patches) gets the quick validation; FHIR content, full.
+        built = message.get("protocol") == "hl7v2"
+        out = [self._apply(batch, r, message, source_time, built=built) for r in resources]
         for patch in patches:
             patched = _run_patch(batch, patch)
-            out.append(self._apply(batch, patched, message, source_time if patch.ordered else None))
+            out.append(self._apply(batch, patched, message, source_time if patch.ordered else None, built=True))
         return out
 
     def _ordering_time(self, batch: _Batch, message: Document, result: MappingResult) -> datetime | None:
@@ -251,7 +257,17 @@ class ResourceWriter:
             found.by_local.append(own["resource"])
         return found
 
-    def _apply(self, batch: _Batch, resource: Resource, message: Document, source_time: datetime | None) -> Written:
+    def _apply(
+        self,
+        batch: _Batch,
+        resource: Resource,
+        message: Document,
+        source_time: datetime | None,
+        trusts: tuple[str, ...] | None = None,
+        built: bool = False,
+    ) -> Written:
+        """Apply one resource; it becomes visible to the message's trusts (``trusts``, when given, instead).
+        ``built``: the hub built it (validated by ``validate_built``); else it is validated in full."""
         rtype, rid = resource["resourceType"], resource["id"]
         key = _key(rtype, rid)
         cur = batch.current.get(key)
@@ -274,6 +290,8 @@ class ResourceWriter:
             source=source_of(message["_id"], "urn:mscc:mapper"),
             message_id=message["_id"],
             source_time=newest,
+            trusts=message_trusts(message) if trusts is None else trusts,
+            built=built,
         )
         if new is None:
             assert cur is not None

@@ -5,6 +5,13 @@ an expired lease is claimable again) when its ``due_at`` has come, and runs it (
 subscription's deliveries strictly in event-number order, through its channel (``channels``). Many lanes
 run at once (one per subscription, up to ``lanes``), in any number of processes. A lane that fails
 unexpectedly sets its subscription aside (status "error", logged); the others go on.
+
+The lease is short (``MSCC_NOTIFIER_LEASE_S``) and renewed every ``MSCC_LEASE_HEARTBEAT_S`` while the
+lane runs, attempts in hand included (``shared/leases.py``): a killed process's lanes are claimable
+again within one lease, and a claim of an expired lane is logged as a takeover. On stop, each lane
+finishes the attempt in hand and releases its subscription; a lane still running ``stop_timeout_s``
+later is cancelled and its lease cleared with the subscription due at once, so another process
+delivers it (the cut attempt is sent again, with the same event id: at least once).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,11 +29,13 @@ import aiohttp
 from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 
+from shared.leases import LeaseKeeper
 from shared.settings import Settings
 from shared.store import Document, Store
 from shared.supervision import Heartbeat
 
 from .channels import Transport
+from .endpoints import EndpointPolicy
 from .lane import Lane
 from .model import DELIVERING
 from .retry import RetryPolicy
@@ -42,9 +51,13 @@ class DeliveryConfig:
     lanes: int = 32
     lane_batch: int = 50  # deliveries read at once by a lane
     lane_slice_s: float = 5.0  # a busy lane gives way after this long (others may be waiting)
-    lease_s: float = 150.0  # longer than the longest attempt (timeouts are at most 60 s)
+    lease_s: float = 10.0  # renewed every heartbeat_s while the lane runs
     default_timeout_s: float = 10.0
     idle_poll_s: float = 0.25
+    heartbeat_s: float = 3.0
+    stop_timeout_s: float = 8.0  # lanes still running this long after stop are cut and released
+    # The callback host rule, checked again when a channel connects (endpoints.py).
+    endpoint_policy: EndpointPolicy = field(default_factory=EndpointPolicy)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> DeliveryConfig:
@@ -54,6 +67,10 @@ class DeliveryConfig:
             "sending_facility": settings.receiving_facility,
             "lanes": settings.notifier_lanes,
             "default_timeout_s": settings.notifier_timeout_s,
+            "lease_s": settings.notifier_lease_s,
+            "heartbeat_s": settings.lease_heartbeat_s,
+            "stop_timeout_s": settings.stop_timeout_s,
+            "endpoint_policy": EndpointPolicy.from_settings(settings),
         }
         values.update(overrides)
         return cls(**values)
@@ -67,6 +84,8 @@ class DeliveryStats:
     dead: int = 0
     handshakes: int = 0
     lanes: int = 0
+    taken_over: int = 0  # lanes claimed after another worker's lease expired
+    released: int = 0  # lanes cut at stop and released
 
 
 class DeliveryWorker:
@@ -82,7 +101,8 @@ class DeliveryWorker:
         self.policy = policy
         self.config = config
         self.clock = clock
-        self.transport = Transport(session, clock)
+        self.transport = Transport(session, clock, config.endpoint_policy)
+        self.leases = LeaseKeeper(store.subscriptions, "lane", config.lease_s, config.heartbeat_s, clock)
         self.owner = f"notifier-{uuid.uuid4().hex[:12]}"
         self.stats = DeliveryStats()
 
@@ -97,23 +117,33 @@ class DeliveryWorker:
         """Claim up to ``limit`` lanes whose work is due, earliest first; the subscriptions won."""
         now = self.clock()
         query = self._claimable(now)
-        ids = [
-            d["_id"]
-            async for d in self.store.subscriptions.find(query, {"_id": 1}).sort("due_at", 1).limit(limit + len(busy))
+        found = [
+            d
+            async for d in self.store.subscriptions.find(query, {"_id": 1, "lane": 1})
+            .sort("due_at", 1)
+            .limit(limit + len(busy))
             if d["_id"] not in busy
         ][:limit]
         won = []
-        for sub_id in ids:
+        taken = 0
+        for sub in found:
             lease = {
                 "owner": f"{self.owner}:{uuid.uuid4().hex[:8]}",
                 "until": now + timedelta(seconds=self.config.lease_s),
             }
             doc = await self.store.subscriptions.find_one_and_update(
-                {"_id": sub_id, **query}, {"$set": {"lane": lease}}, return_document=ReturnDocument.AFTER
+                {"_id": sub["_id"], **query}, {"$set": {"lane": lease}}, return_document=ReturnDocument.AFTER
             )
             if doc is not None:
                 won.append(doc)
+                taken += "lane" in sub
         self.stats.lanes += len(won)
+        if taken:
+            self.stats.taken_over += taken
+            log.warning(
+                "took over lanes whose lease expired (the worker delivering them stopped)",
+                extra={"lanes": taken, "taken_over_total": self.stats.taken_over},
+            )
         return won
 
     async def run_once(self) -> int:
@@ -163,7 +193,32 @@ class DeliveryWorker:
                     if isinstance(failure, Exception):
                         await self.set_aside(sub_id, token, failure)
         if running:
-            await asyncio.gather(*running.values(), return_exceptions=True)
+            await self._stop_lanes(running, tokens)
+
+    async def _stop_lanes(self, running: dict[str, asyncio.Task[int]], tokens: dict[str, str]) -> None:
+        """Give the running lanes ``stop_timeout_s`` to finish the attempt in hand and release their
+        subscriptions; cut the rest and release them, due now, for another process to take at once."""
+        _, late = await asyncio.wait(running.values(), timeout=self.config.stop_timeout_s)
+        if not late:
+            return
+        cut = [sub_id for sub_id, task in running.items() if task in late]
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        try:
+            result = await self.store.subscriptions.update_many(
+                {"_id": {"$in": cut}, "lane.owner": {"$in": [tokens[s] for s in cut if s in tokens]}},
+                {"$unset": {"lane": ""}, "$set": {"due_at": self.clock()}},
+            )
+            released = int(result.modified_count)
+        except PyMongoError:
+            log.exception("stopping: could not release the lanes cut; their leases will expire")
+            return
+        self.stats.released += released
+        log.warning(
+            "stopping: lanes still delivering were cut and released",
+            extra={"lanes": released, "stop_timeout_s": self.config.stop_timeout_s},
+        )
 
     async def _lane(self, doc: Document) -> Lane | None:
         """The lane of a claimed subscription; None (and the subscription set aside) if its document

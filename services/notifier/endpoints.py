@@ -7,9 +7,16 @@ subscriber cannot make the hub call into its own network (SSRF). Hosts, addresse
 ``MSCC_NOTIFIER_ALLOWED_HOSTS`` are exempt (tests use 127.0.0.1; a trust's engine on HSCN is private).
 MLLP endpoints (``mllp://host:port``) follow the same host rule.
 
+IPv6 addresses that carry an IPv4 address inside are judged by that IPv4 address too: IPv4-mapped
+(``::ffff:127.0.0.1``, the same host), IPv4-compatible (``::127.0.0.1``), NAT64 (``64:ff9b::7f00:1``) and
+6to4 (``2002:7f00:1::``) forms of a loopback, link-local, unspecified or private address are refused,
+unless the IPv6 address (or a network holding it) is itself listed in ``MSCC_NOTIFIER_ALLOWED_HOSTS``
+(an IPv4-mapped address is the IPv4 host, so listing the IPv4 address allows it).
+
 The rule is checked when a subscription is created or updated (``EndpointRefused`` says why) and again
-at every connection by ``GuardedResolver``, the notifier session's DNS resolver, so a name that later
-resolves to a private address is refused then too (DNS rebinding).
+at every connection (by ``GuardedResolver``, the notifier session's DNS resolver, for rest-hooks; by
+``allowed_addresses`` for MLLP), so a name that later resolves to a private address is refused then too
+(DNS rebinding), and the connection goes to the address that was checked.
 """
 
 from __future__ import annotations
@@ -54,6 +61,23 @@ def _address(text: str) -> IPv4Address | IPv6Address:
     return ip
 
 
+_IPV4_COMPATIBLE = IPv6Network("::/96")
+_NAT64 = IPv6Network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: IPv4Address | IPv6Address) -> tuple[str, IPv4Address] | None:
+    """The IPv4 address an IPv6 address carries (IPv4-compatible, NAT64, 6to4) and the form's name."""
+    if not isinstance(ip, IPv6Address):
+        return None
+    if ip.sixtofour is not None:
+        return "6to4", ip.sixtofour
+    if ip in _NAT64:
+        return "NAT64", IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _IPV4_COMPATIBLE and int(ip) > 1:  # not :: nor ::1, which are IPv6's own
+        return "IPv4-compatible", IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 @dataclass(frozen=True)
 class EndpointPolicy:
     allow_http: bool = False
@@ -82,6 +106,10 @@ class EndpointPolicy:
             return f"{address} is not an IP address"
         if any(ip.version == net.version and ip in net for net in self.networks):
             return None
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None and (not embedded[1].is_global or embedded[1].is_multicast):
+            form, inner = embedded
+            return f"{ip} is a {form} address of {inner}, a {_describe(inner)} address"
         if ip.is_global and not ip.is_multicast:
             return None
         return f"{ip} is a {_describe(ip)} address"
@@ -149,6 +177,30 @@ async def check_mllp(endpoint: str, policy: EndpointPolicy, resolve: Resolve = s
         raise EndpointRefused(f"endpoint {endpoint!r} must be mllp://host:port, nothing more")
     await check_host(parts.hostname, port, policy, resolve)
     return parts.hostname, port
+
+
+async def allowed_addresses(
+    host: str, port: int, policy: EndpointPolicy, resolve: Resolve = system_resolve
+) -> list[str]:
+    """The addresses of ``host`` the hub may connect to now (for a channel that opens its own sockets:
+    it connects to one of these, never resolving the name again); ``EndpointRefused`` when none is left."""
+    try:
+        addresses = [str(ip_address(host.split("%", 1)[0]))]
+    except ValueError:
+        try:
+            addresses = await resolve(host, port)
+        except OSError as exc:
+            raise EndpointRefused(f"host {host} does not resolve: {exc}") from exc
+    if policy.name_allowed(host):
+        return addresses
+    allowed = [a for a in addresses if policy.refusal(a) is None]
+    if not allowed:
+        reasons = "; ".join(filter(None, (policy.refusal(a) for a in addresses))) or "no address"
+        raise EndpointRefused(
+            f"host {host} is refused at connection time: {reasons} (callbacks go to public addresses only, "
+            "unless MSCC_NOTIFIER_ALLOWED_HOSTS lists the host or its network)"
+        )
+    return allowed
 
 
 class GuardedResolver(AbstractResolver):

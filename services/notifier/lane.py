@@ -77,7 +77,8 @@ class Lane:
         another worker takes the subscription over)."""
         attempts = 0
         try:
-            attempts = await self._run(stop)
+            async with self.w.leases.holding(self.token):
+                attempts = await self._run(stop)
         except PyMongoError:
             log.exception("notifier lane: database error; the lease will expire", extra={"subscription": self.sub.id})
         finally:

@@ -14,6 +14,13 @@ events. "error" is set by the notifier (dead letter, failed handshake) and clear
 The secret: supplied by the subscriber in the ``subscription-secret`` extension (at least 32
 characters), or generated and returned once, in the ``X-Subscription-Secret`` header of the create
 response. It is never returned again; an update may replace it.
+
+Channel headers (a bearer token for the receiver, say) are write-only too: every answer (create, read,
+update, search) gives each one's name with its value masked (``channel_headers.py``), to the owner
+and the MSCC team alike. An update that sends a header back masked keeps the stored value of that header.
+
+``$events`` with full-resource content includes only the resource versions the caller may see
+(``shared/visibility.py``).
 """
 
 from __future__ import annotations
@@ -28,14 +35,15 @@ from shared.auth import Caller
 from shared.fhir import FhirError, Resource
 from shared.settings import Settings
 from shared.store import Document, Store
+from shared.visibility import Visibility, is_mscc_team
 
 from . import channels
+from .channel_headers import shown, unmasked
 from .channels import Channel
 from .channels.subscription import check_endpoint, parse_subscription
 from .endpoints import EndpointPolicy, Resolve, system_resolve
 from .model import DELIVERING, Delivery, PayloadContent, Status, SubscriptionSpec, instant
 from .notification import StatusView, notification_bundle, status_bundle, status_parameters
-from .resource import render
 from .signing import new_secret
 
 MAX_EVENTS = 100  # events one $events answer carries at most
@@ -96,7 +104,7 @@ class SubscriptionService:
     # -- access -----------------------------------------------------------------------------------
 
     def _operator(self, caller: Caller) -> bool:
-        return caller.ods_code.upper() == self._settings.receiving_facility.upper()
+        return is_mscc_team(caller, self._settings.receiving_facility)
 
     def _authorise(self, caller: Caller, trust: str) -> None:
         if not self._operator(caller) and caller.ods_code.upper() != trust:
@@ -146,11 +154,11 @@ class SubscriptionService:
         if status in DELIVERING:
             doc["due_at"] = now
         await self._store.subscriptions.insert_one(doc)
-        return Written(render(doc), 1, None if spec.secret else secret)
+        return Written(shown(doc), 1, None if spec.secret else secret)
 
     async def read(self, subscription_id: str, caller: Caller) -> Written:
         doc = await self._get(subscription_id, caller)
-        return Written(render(doc), int(doc["version"]))
+        return Written(shown(doc), int(doc["version"]))
 
     async def update(self, subscription_id: str, data: Resource, caller: Caller, if_match: str | None) -> Written:
         """Replace the subscription (its event counter and queue are kept); ``FhirError`` 400, 403, 404, or
@@ -166,7 +174,7 @@ class SubscriptionService:
                 f"the body's id {data.get('id')!r} is not {subscription_id}",
                 expression=["Subscription.id"],
             )
-        spec, kind = await self._checked(data, caller)
+        spec, kind = await self._checked(unmasked(data, current), caller)
         channel = spec.channel
         now = self._clock()
         moved = channel.to_doc() != current["channel"]
@@ -195,7 +203,7 @@ class SubscriptionService:
         if not result.matched_count:
             raise FhirError(412, "conflict", f"Subscription/{subscription_id} was changed meanwhile; read it again")
         doc = await self._get(subscription_id, caller)
-        return Written(render(doc), version)
+        return Written(shown(doc), version)
 
     @staticmethod
     def _next_status(current: str, requested: str, channel: Channel[Any], moved: bool) -> Status:
@@ -235,7 +243,7 @@ class SubscriptionService:
         cursor = self._store.subscriptions.find(query).sort("created_at", 1).skip(offset).limit(count)
         base = self._base.rstrip("/") + "/fhir"
         entries = [
-            {"fullUrl": f"{base}/Subscription/{d['_id']}", "resource": render(d), "search": {"mode": "match"}}
+            {"fullUrl": f"{base}/Subscription/{d['_id']}", "resource": shown(d), "search": {"mode": "match"}}
             async for d in cursor
         ]
         return {"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries}
@@ -319,7 +327,8 @@ class SubscriptionService:
         resources: dict[str, Resource] = {}
         if chosen == "full-resource":
             refs = [d.event.focus.reference for d in items]
-            async for h in self._store.history.find({"_id": {"$in": refs}}):
+            who = Visibility.of(caller, self._settings.receiving_facility)
+            async for h in self._store.history.find({"_id": {"$in": refs}, **who.query()}):
                 resources[h["_id"]] = h["resource"]
         now = self._clock()
         return notification_bundle(

@@ -46,10 +46,12 @@ def new_version(
     source: str,
     message_id: str | None,
     event: dict[str, Any] | None = None,
+    trusts: tuple[str, ...] = (),
 ) -> NewVersion | None:
     """The next version of ``change`` with its event (``event``: the kind and facts of a transition or
     an update; else "created"/"updated"), or None when the content is what is stored already.
-    ``FhirError`` 400 if it is not valid."""
+    ``trusts``: who may see it besides those the stored version names (the referral's trusts: what a
+    referral implies is visible to the trust that made it). ``FhirError`` 400 if it is not valid."""
     cur = change.current
     fields = dict(event or {})
     kind = fields.pop("kind", None)
@@ -62,6 +64,7 @@ def new_version(
         kind=kind,
         focus=True,
         event_fields=fields,
+        trusts=trusts,
     )
 
 

@@ -31,6 +31,7 @@ from shared.fhir import FhirError, Resource, issue
 from shared.resources import content_of
 from shared.retry import TransientError, run_transaction
 from shared.store import Document, Store
+from shared.visibility import trusts_of
 
 from . import commit
 from .effects import care_plan_after, encounter_after, request_after
@@ -243,11 +244,13 @@ async def write_changes(
     message_id = record["_id"] if record is not None else origin.message_id
     source = _source_uri(message_id, origin.source)
     first, *rest = changes
-    head = commit.new_version(first, now, source, message_id, event)
+    # What the referral implies (its Encounter, CarePlan, data-quality Task) is visible to its trusts.
+    trusts = trusts_of(first.current)
+    head = commit.new_version(first, now, source, message_id, event, trusts)
     if head is None or head.event is None:
         raise commit.Conflict(f"{first.current['_id']}: the change changes nothing")
-    versions = [head, *(v for c in rest if (v := commit.new_version(c, now, source, message_id)) is not None)]
-    extra = [v for c in alongside if (v := commit.new_version(c, now, source, message_id)) is not None]
+    versions = [head, *(v for c in rest if (v := commit.new_version(c, now, source, message_id, None, trusts)))]
+    extra = [v for c in alongside if (v := commit.new_version(c, now, source, message_id, None, trusts)) is not None]
     # The head event names every version of the change (the referral, its Encounter and CarePlan).
     full = dataclasses.replace(head.event, resources=tuple(v.history.key for v in versions))
     versions = [dataclasses.replace(head, event=full), *[dataclasses.replace(v, event=None) for v in versions[1:]]]

@@ -94,11 +94,13 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Transport:
-    """What connections may use: the process's one aiohttp session (keep-alive pool, guarded resolver)
-    and the notifier's clock."""
+    """What connections may use: the process's one aiohttp session (keep-alive pool, guarded resolver),
+    the notifier's clock, and the callback host rule a channel opening its own sockets (MLLP) checks
+    again at connection time (the default: public addresses only)."""
 
     session: aiohttp.ClientSession
     clock: Callable[[], datetime]
+    policy: EndpointPolicy = field(default_factory=EndpointPolicy)
 
 
 class Connection(Protocol):

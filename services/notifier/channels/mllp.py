@@ -18,7 +18,7 @@ from shared.fhir import Resource
 from shared.mllp import MllpClient, MllpError
 from shared.store import Document
 
-from ..endpoints import EndpointPolicy, Resolve, check_mllp
+from ..endpoints import EndpointPolicy, EndpointRefused, Resolve, allowed_addresses, check_mllp, system_resolve
 from ..model import Delivery, Mllp, PayloadContent, SendResult, Subscription
 from ..payload import patient_reference
 from ..resource import _channel
@@ -32,21 +32,30 @@ def _elapsed_ms(started: float) -> float:
 
 class MllpLink:
     """One MLLP connection for one lane: opened on first use, kept for the lane's next events, closed on
-    any failure of the exchange (the next attempt reconnects) and when the lane ends."""
+    any failure of the exchange (the next attempt reconnects) and when the lane ends.
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+    Each connection resolves the host again and goes to an address the endpoint policy allows (the
+    name may resolve elsewhere than when the subscription was checked); none allowed: a connection
+    failure, retried like any other."""
+
+    def __init__(
+        self, host: str, port: int, timeout_s: float, policy: EndpointPolicy, resolve: Resolve = system_resolve
+    ) -> None:
         self._host = host
         self._port = port
         self._timeout = timeout_s
+        self._policy = policy
+        self._resolve = resolve
         self._client: MllpClient | None = None
 
     async def send(self, payload: Payload) -> Answer:
         started = time.perf_counter()
         try:
             if self._client is None:
-                self._client = await MllpClient.connect(self._host, self._port, timeout_s=self._timeout)
+                address = (await allowed_addresses(self._host, self._port, self._policy, self._resolve))[0]
+                self._client = await MllpClient.connect(address, self._port, timeout_s=self._timeout)
             reply = await self._client.send(payload.body)
-        except (MllpError, OSError) as exc:
+        except (MllpError, OSError, EndpointRefused) as exc:
             await self.close()
             code = "timeout" if "no reply" in str(exc) else "connection"
             return Answer(code, _elapsed_ms(started), failure=str(exc))
@@ -109,7 +118,7 @@ class MllpChannel:
         return Payload(message, key=control_id(delivery.event_id))
 
     def connect(self, config: Mllp, transport: Transport, timeout_s: float) -> MllpLink:
-        return MllpLink(config.host, config.port, timeout_s)
+        return MllpLink(config.host, config.port, timeout_s, transport.policy)
 
     def interpret(self, answer: Answer, payload: Payload, now: datetime) -> Verdict:
         latency = answer.latency_ms
