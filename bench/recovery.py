@@ -29,16 +29,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import signal
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from _common import banner, finish, guarded, local_mongodb
+from _parts import Part, hub_env, wait_until
 
 from services.notifier.backport import FILTER_CRITERIA, PAYLOAD_CONTENT
 from services.notifier.subscriptions import SubscriptionService
@@ -48,8 +45,6 @@ from shared.mllp import MllpClient, MllpError
 from shared.mongod import free_port
 from shared.settings import Settings
 from shared.store import Store, connect
-
-ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_S = 15.0
 RBL = Caller("aos-rbl", "RBL")
@@ -66,43 +61,6 @@ def referral(n: int) -> bytes:
         "OBX|1|ST|NEURO^Neurological status||Bilateral leg weakness||||||F",
     ]
     return ("\r".join(lines) + "\r").encode()
-
-
-class Part:
-    """One ``mscc <part>`` process, in its own session (a Ctrl-C reaches only the benchmark)."""
-
-    def __init__(self, name: str, env: dict[str, str]) -> None:
-        self.name = name
-        self.env = env
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            self.name,
-            cwd=ROOT,
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    async def kill(self) -> None:
-        """SIGKILL: no handler runs, nothing is released."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-            await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), 30)
-        except TimeoutError:
-            await self.kill()
 
 
 class Sender:
@@ -160,16 +118,6 @@ class Receiver:
         return web.Response(status=200)
 
 
-async def wait_until(check: Any, max_wait: float, poll_s: float = 0.05) -> float | None:
-    """Seconds until ``await check()`` is true, or None after ``max_wait``."""
-    started = time.monotonic()
-    while time.monotonic() - started < max_wait:
-        if await check():
-            return time.monotonic() - started
-        await asyncio.sleep(poll_s)
-    return None
-
-
 async def main_async(args: argparse.Namespace) -> bool:
     from aiohttp import web
 
@@ -186,16 +134,7 @@ async def main_async(args: argparse.Namespace) -> bool:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         hook = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
         mllp_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MSCC_") and k != "MONGODB_URI"}
-        env.update(
-            MONGODB_URI=uri,
-            MSCC_DB_NAME=db_name,
-            MSCC_MLLP_PORT=str(mllp_port),
-            MSCC_HTTP_PORT=str(free_port()),
-            MSCC_LOG_LEVEL="WARNING",
-            MSCC_NOTIFIER_ALLOWED_HOSTS="127.0.0.1",
-            MSCC_NOTIFIER_ALLOW_HTTP="true",
-        )
+        env = hub_env(uri, db_name, mllp_port, free_port())
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
             db_name=db_name,

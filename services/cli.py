@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -12,7 +13,9 @@ from shared import mongod
 from shared.logging import configure
 from shared.settings import Settings
 
-from . import audit_tools, clients_cli
+from . import audit_tools, cli_help, clients_cli, messages_cli, report_cli
+from .replay import command as replay_command
+from .signals import hold_stop_signals
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,25 +32,20 @@ def _parser() -> argparse.ArgumentParser:
     notifier.add_argument("--burst", action="store_true", help="fan out what is ready, deliver what is due, then exit")
     db = sub.add_parser("db", help="the local MongoDB (ignored when MONGODB_URI is set)")
     db.add_argument("action", choices=["start", "stop", "status"])
-    messages = sub.add_parser(
-        "messages", help="inspect and reprocess stored messages; review those held for a patient conflict"
-    )
-    messages.add_argument("action", choices=["list", "show", "reprocess", "review", "apply", "reject"])
-    messages.add_argument("record", nargs="?", help="record id (show, reprocess, apply, reject)")
-    messages.add_argument("--status", help="list only this status (ready, rejected, needs-review, ...)")
-    messages.add_argument("--limit", type=int, default=20)
-    messages.add_argument("--reason", help="why the held message is rejected (reject: required)")
-    messages.add_argument("--by", help="who decides (apply, reject; default: the login name)")
-    replay = sub.add_parser("replay", help="send HL7v2 files (one message, batches or message logs) over MLLP")
-    replay.add_argument("files", nargs="+")
-    replay.add_argument("--host", default="127.0.0.1")
-    replay.add_argument("--port", type=int, help="MLLP port (default: MSCC_MLLP_PORT)")
+    db.add_argument("--json", action="store_true", help="status: one JSON object (running, uri, pid, port, dbpath)")
+    messages_cli.add_parser(sub)
+    replay_command.add_parser(sub)
     audit_tools.add_parser(sub)
     clients_cli.add_parser(sub)
+    report_cli.add_parser(sub)
+    cli_help.document(parser, sub.choices)
     return parser
 
 
-def _db(settings: Settings, action: str) -> int:
+def _db(settings: Settings, action: str, as_json: bool = False) -> int:
+    if settings.mongodb_uri and as_json and action == "status":
+        print(json.dumps({"running": None, "external": True, "uri": settings.mongodb_uri}))
+        return 0
     if settings.mongodb_uri:
         print(f"MONGODB_URI is set ({settings.mongodb_uri}): the hub uses that server, not a local one")
         return 0
@@ -61,6 +59,12 @@ def _db(settings: Settings, action: str) -> int:
         print("stopped" if stopped else "no local MongoDB was running")
     else:
         running = mongod.read_state(settings.state_dir)
+        if as_json:
+            shown: dict[str, object] = {"running": running is not None}
+            if running:
+                shown.update(uri=running.uri, pid=running.pid, port=running.port, dbpath=str(running.dbpath))
+            print(json.dumps(shown))
+            return 0 if running else 3
         print(f"running: {running.uri} (pid {running.pid})" if running else "not running")
         return 0 if running else 3
     return 0
@@ -87,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    from . import runner, tools
+    if args.command in ("run", "intake", "mapper", "notifier"):
+        hold_stop_signals()  # a SIGTERM while starting stops the process cleanly once it has started
+    from . import runner
 
     if args.command == "run":
         runner.run(runner.serve(settings, demo=args.demo))
@@ -109,18 +115,17 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         runner.run(runner.serve(settings, parts=("notifier",)))
         return 0
     if args.command == "db":
-        return _db(settings, args.action)
+        return _db(settings, args.action, args.json)
     if args.command == "messages":
-        if args.action in ("review", "apply", "reject"):
-            decision = tools.Decision(args.record, args.by or tools.operator(), args.reason or "")
-            return runner.run(tools.review(settings, args.action, decision, args.limit))
-        return runner.run(tools.messages(settings, args.action, args.record, args.status, args.limit))
+        return messages_cli.command(args, settings)
     if args.command == "replay":
-        return runner.run(tools.replay(args.files, args.host, args.port or settings.mllp_port))
+        return replay_command.command(args, settings)
     if args.command == "audit":
         return audit_tools.command(args, settings)
     if args.command == "clients":
         return clients_cli.command(args, settings)
+    if args.command == "report":
+        return report_cli.command(args, settings)
     return 2
 
 

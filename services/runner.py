@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from shared.metrics import MetricsServer, Scrape
 from shared.mongod import clear_state, read_state, start_owned, stop_daemon
 from shared.settings import Settings
 from shared.store import Store, connect
@@ -23,7 +24,8 @@ from .mapper.worker import WorkerConfig, WorkerStats
 from .notifier.http import client_session
 from .notifier.service import NotifierService, NotifierStats
 from .pathway.scanner import SlaScanner
-from .serving import QuietServer, stop_on_signals
+from .serving import QuietServer
+from .signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,7 +111,8 @@ async def serve(
     demo: bool = False,
     registry: TaskRegistry | None = None,
 ) -> None:
-    """Serve the given parts until SIGINT/SIGTERM; with ``demo``, send demo traffic once intake is up.
+    """Serve the given parts until SIGINT/SIGTERM; with ``demo``, play the demo (``services/demo/``) once
+    intake is up.
 
     Every background loop (mapper worker, SLA scanner and report follower, notifier fan-out and delivery)
     runs supervised (``shared/supervision.py``): restarted with backoff if it stops, its cycles recorded
@@ -121,6 +124,10 @@ async def serve(
     is cancelled (open transactions are aborted as their sessions end), so the process exits in bounded
     time.
     """
+    if demo:  # the demo's receiver is on loopback: allow its callbacks (in development only)
+        from .demo import demo_settings
+
+        settings = demo_settings(settings)
     mapping = load_mapping(settings.mapping_file) if "mapper" in parts else None
     registry = registry or TaskRegistry()
     backoff = Backoff(settings.task_restart_base_s, settings.task_restart_max_s)
@@ -147,6 +154,10 @@ async def serve(
             notifier = NotifierService(store, settings, session)
             notifier_run = notifier.run(stop, registry=registry, backoff=backoff)  # supervises its own loops
             workers.append(asyncio.create_task(notifier_run, name="notifier"))
+        if "intake" not in parts and settings.metrics_port is not None:
+            # No HTTP API in this process: /metrics on its own port (MSCC_METRICS_PORT), stopped on exit.
+            scrape = Scrape(store, registry, settings.metrics_timeout_s)
+            stack.push_async_callback(MetricsServer.start(settings.metrics_host, settings.metrics_port, scrape).stop)
         stop_on_signals(stop)
         try:
             if "intake" in parts:
@@ -224,6 +235,7 @@ async def _serve_intake(
         stop.set()
         if demo_task is not None:
             demo_task.cancel()
+            await asyncio.gather(demo_task, return_exceptions=True)
         await mllp_stopping
         await service.stop()
 
@@ -235,8 +247,9 @@ async def _stop_mllp_on(stop: asyncio.Event, service: IntakeService) -> None:
 
 
 async def _demo(settings: Settings, service: IntakeService, server: uvicorn.Server) -> None:
-    from .demo import send_demo_traffic
+    from .demo import run_demo
 
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no start event
         await asyncio.sleep(0.05)
-    await send_demo_traffic(settings, service.mllp.port)
+    http_port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.http_port
+    await run_demo(settings, service.store, http_port, service.mllp.port)

@@ -11,19 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Iterator
 
 import uvicorn
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def stop_on_signals(stop: asyncio.Event) -> None:
-    """SIGINT and SIGTERM set ``stop`` (from the running loop); a second signal changes nothing more."""
-    loop = asyncio.get_running_loop()
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
 
 
 class QuietServer(uvicorn.Server):

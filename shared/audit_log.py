@@ -28,6 +28,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from .audit import BALP, PROFILES, AuditFacts, Hub, to_doc
 from .fhir import FhirError
+from .search import check_text, int_param
 
 log = logging.getLogger(__name__)
 
@@ -187,27 +188,18 @@ SEARCH_PARAMS = (
 )
 
 
-def _whole(name: str, value: str, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise FhirError(400, "invalid", f"{name}={value!r} is not a whole number") from exc
-    if not low <= number <= high:
-        raise FhirError(400, "invalid", f"{name} must be between {low} and {high}")
-    return number
-
-
 def parse_params(params: list[tuple[str, str]]) -> AuditQuery:
     """The query the FHIR search parameters ask for; ``FhirError`` 400 for an unknown parameter, an
     empty value or a malformed date or number."""
     clauses: list[Document] = []
     count, offset = DEFAULT_COUNT, 0
     unknown = []
+    check_text(params)
     for name, value in params:
         if name == "_count":
-            count = _whole(name, value, 1, MAX_COUNT)
+            count = int_param(name, value, 1, MAX_COUNT)
         elif name == "_offset":
-            offset = _whole(name, value, 0, 1_000_000)
+            offset = int_param(name, value, 0, 1_000_000)
         elif name in BUILDERS:
             if not value.strip():
                 raise FhirError(400, "invalid", f"search parameter {name} has no value")

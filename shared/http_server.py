@@ -9,6 +9,7 @@ process's ``Settings`` in ``app.state.settings``; the caller dependency reads th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -69,17 +70,24 @@ async def read_body(request: Request, limit: int, budget: ByteBudget | None = No
     kept = bytearray()
     size = 0
     account = budget.account() if budget is not None else None
+    allowed = get_settings(request).http_body_timeout_s
     try:
-        async for chunk in request.stream():
-            if account is not None:
-                await account.take(len(chunk))
-            size += len(chunk)
-            if len(kept) <= limit:
-                kept += chunk[: limit + 1 - len(kept)]
-            if account is not None:
-                account.keep(len(kept))
+        # One deadline for the whole body (waits for the budget included): a sender trickling a byte a
+        # second cannot extend it.
+        async with asyncio.timeout(allowed):
+            async for chunk in request.stream():
+                if account is not None:
+                    await account.take(len(chunk))
+                size += len(chunk)
+                if len(kept) <= limit:
+                    kept += chunk[: limit + 1 - len(kept)]
+                if account is not None:
+                    account.keep(len(kept))
     except ClientDisconnect as exc:
         raise PartialBody(bytes(kept[:limit]), size) from exc
+    except TimeoutError as exc:
+        reason = f"the request body was not complete within {allowed:g} s (MSCC_HTTP_BODY_TIMEOUT_S): {size} bytes came"
+        raise PartialBody(bytes(kept[:limit]), size, reason=reason, status=408) from exc
     finally:
         if account is not None:
             account.close()
@@ -90,10 +98,11 @@ class PartialBody(Exception):
     """The client went away before its body was complete: ``head`` (at most the limit) of the ``size``
     bytes that came. The app keeps them as a rejected record, as intake keeps a cut MLLP frame."""
 
-    def __init__(self, head: bytes, size: int) -> None:
-        super().__init__(f"the request body was cut short: the client disconnected after {size} bytes")
+    def __init__(self, head: bytes, size: int, *, reason: str | None = None, status: int = 400) -> None:
+        super().__init__(reason or f"the request body was cut short: the client disconnected after {size} bytes")
         self.head = head
         self.size = size
+        self.status = status  # 400 for a client gone (answered to no one), 408 for a body too slow
 
 
 def peer_of(request: Request) -> str:

@@ -325,7 +325,7 @@ class SearchRequest:
         return f"{base}/{self.resource_type}?{urlencode(kept)}"
 
 
-def _int_param(name: str, value: str, low: int, high: int) -> int:
+def int_param(name: str, value: str, low: int, high: int) -> int:
     """``value`` as a whole number from ``low`` to ``high``: ASCII digits only (``int`` would also take
     other scripts' digits, underscores and spaces), and a length checked before converting it."""
     if not (value.isascii() and value.isdigit()) or len(value) > 18:
@@ -358,9 +358,9 @@ def parse_search(resource_type: str, params: list[tuple[str, str]]) -> SearchReq
     for name, value in params:
         if name == "_count":
             # _count=0 asks for the total alone (as _summary=count does).
-            count = _int_param(name, value, 0, MAX_COUNT)
+            count = int_param(name, value, 0, MAX_COUNT)
         elif name == "_offset":
-            offset = _int_param(name, value, 0, 1_000_000)
+            offset = int_param(name, value, 0, 1_000_000)
         elif name in TOTAL_PARAMS:
             check_total(name, value)
         elif name == "_format":

@@ -64,7 +64,24 @@ class Settings(BaseSettings):
     mllp_tls_handshake_timeout_s: float = Field(default=10.0, gt=0)
     mllp_max_connections: int = Field(default=256, ge=1)
     mllp_frame_total_timeout_s: float = Field(default=120.0, gt=0)
+    # A request body must arrive in full within this many seconds of the request (a slow sender cannot
+    # hold a connection and its bytes in flight for ever): 408, and what came is kept.
+    http_body_timeout_s: float = Field(default=120.0, gt=0)
     intake_max_bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=256 * 1024)
+    # What intake accepts, checked before it acknowledges so that whatever is acknowledged can be mapped
+    # within MongoDB's limits (shared/limits.py; docs/operations.md, "Limits"): segments in an HL7v2 frame,
+    # repetitions of one field, Bundle entries, contained resources, and the estimated size of the
+    # message's own record and of what mapping it writes (above 16 MiB needs MongoDB 4.2 or later).
+    limit_segments: int = Field(default=10_000, ge=10, le=1_000_000)
+    limit_field_repetitions: int = Field(default=1_000, ge=10, le=1_000_000)
+    limit_bundle_entries: int = Field(default=1_000, ge=1, le=100_000)
+    limit_contained_resources: int = Field(default=100, ge=0, le=100_000)
+    limit_document_bytes: int = Field(default=15 * 1024 * 1024, ge=1024 * 1024, le=16 * 1024 * 1024)
+    limit_transaction_bytes: int = Field(default=12 * 1024 * 1024, ge=1024 * 1024, le=64 * 1024 * 1024)
+    # Inputs of at least intake_offload_bytes are read (parsed, validated, limits checked) by a pool of
+    # intake_parse_pool worker processes, off the event loop every connection shares; 0 workers: all inline.
+    intake_parse_pool: int = Field(default=2, ge=0, le=32)
+    intake_offload_bytes: int = Field(default=64 * 1024, ge=0)
 
     # HL7v2 decoding and acceptance.
     hl7_default_charset: str = "utf-8"
@@ -103,6 +120,11 @@ class Settings(BaseSettings):
     # second, and the burst allowed above it).
     rate_limit_per_s: float = Field(default=50.0, gt=0)
     rate_limit_burst: int = Field(default=500, ge=1)
+    # Refused token requests (POST /oauth2/token) per peer address, in each process: this many a minute on
+    # average, bursts of up to token_refusals_burst; beyond that the address is answered 429 until its
+    # bucket refills, so secrets cannot be guessed at speed. Granted requests cost nothing.
+    token_refusals_per_min: float = Field(default=10.0, gt=0)
+    token_refusals_burst: int = Field(default=20, ge=1)
 
     # Notifier (FHIR rest-hook and HL7v2 MLLP deliveries; docs/notifications.md).
     # Hosts, addresses or networks (CIDR) a callback may use although they are loopback, link-local or
@@ -173,6 +195,13 @@ class Settings(BaseSettings):
     # The audit trail (shared/audit_log.py): AuditEvents are deleted this many days after they were recorded
     # (default 8 years; docs/security.md says why). Every hub process applies it at start-up.
     audit_retention_days: int = Field(default=2922, ge=1, le=36525)
+
+    # Prometheus metrics (shared/metrics.py, docs/operations.md). The HTTP process serves /metrics; a
+    # process without the HTTP API (mscc mapper, mscc notifier) serves them on metrics_port when set.
+    # Queue depths are read from the database at scrape time, within metrics_timeout_s.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    metrics_timeout_s: float = Field(default=0.5, gt=0, le=5)
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"

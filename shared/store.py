@@ -111,6 +111,12 @@ class Store:
                 IndexModel([("received_at", ASCENDING)], name="received_at"),
                 IndexModel([("header.control_id", ASCENDING)], name="control_id"),
                 IndexModel([("lease.owner", ASCENDING)], name="lease_owner", sparse=True),
+                # Operators' search by sender and time (`mscc messages search --sender --since`): MSH-4
+                # for HL7v2, the calling client's ODS code for FHIR.
+                IndexModel(
+                    [("header.sending_facility", ASCENDING), ("received_at", ASCENDING)], name="sender_received"
+                ),
+                IndexModel([("caller.ods_code", ASCENDING), ("received_at", ASCENDING)], name="caller_ods_received"),
             ]
         )
         await self.outbox.create_indexes(

@@ -34,6 +34,7 @@ from pymongo import InsertOne, ReplaceOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from . import correlation
 from .built_validation import validate_built
 from .fhir import Resource, business_identifiers, validate
 from .ids import identifier_key
@@ -116,7 +117,12 @@ def next_version(
     keys = tuple(identifier_key(rtype, s, v) for s, v in business_identifiers(resource))
     new = ResourceVersion(rtype, rid, version, now, resource, keys, kept, extra={TRUSTS: visible})
     history = HistoryEntry(rtype, rid, version, now, resource, message_id, extra={TRUSTS: visible})
-    outbox = OutboxEvent.for_version(history, kind, focus, **(event_fields or {})) if event and not same else None
+    # The event carries the correlation id of what caused it (shared/correlation.py): the one bound (a
+    # request's, the message being mapped), else the message's own id.
+    facts = dict(event_fields or {})
+    if cause := correlation.current() or message_id:
+        facts.setdefault(correlation.FIELD, cause)
+    outbox = OutboxEvent.for_version(history, kind, focus, **facts) if event and not same else None
     return NewVersion(new, history, outbox, current.version if current is not None else 0)
 
 

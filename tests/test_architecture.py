@@ -7,7 +7,8 @@ imported, no database, no sockets).
     services/notifier/  imports shared/ only
     services/intake/    the inbound flows: imports shared/ only
     services/api/       the HTTP application: imports shared/, intake, pathway and the notifier
-    services/*.py       the processes' entry points (cli, runner, tools, demo): may import any part
+    services/*.py       the processes' entry points (cli, runner, the command modules): may import any part
+    services/demo/      the demo: a client of the running hub, imports shared/ only
 
 Only services/runner.py and services/cli.py import services/api/. The worker processes (mapper,
 notifier) never load an HTTP server package, and intake never loads another room (the pathway, the
@@ -38,7 +39,16 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "services.intake": frozenset({"shared"}),
     # The API composes the routers of the parts it serves (the pathway's and the notifier's routers are
     # its own modules, calling those packages' functions, so they stay free of HTTP frameworks).
-    "services.api": frozenset({"shared", "services.intake", "services.pathway", "services.notifier"}),
+    "services.api": frozenset({"shared", "services.intake", "services.pathway", "services.notifier", "services.ui"}),
+    # The operator dashboard, composed by the API: it reads through shared/ and the pathway, reprocesses
+    # through intake and resumes dead-lettered notifications through the notifier, as the CLI and API do.
+    "services.ui": frozenset({"shared", "services.intake", "services.pathway", "services.notifier"}),
+    # The replay tool is a client of the hub; its dry run reads and maps locally with intake's lean read
+    # and pure record builders and the mapper's dispatch (no I/O of theirs).
+    "services.replay": frozenset({"shared", "services.intake", "services.mapper"}),
+    # The demo drives the hub from outside, as the trusts do (MLLP and the HTTP API), with the client
+    # registry and the message records read through shared/.
+    "services.demo": frozenset({"shared"}),
 }
 # Single edges allowed across the rules above: (importing package, imported module) -> why. Empty: an
 # edge added here is a room's code living in another room, to be moved soon.

@@ -250,10 +250,10 @@ def referral(rid: str, version: int, status: str, note: str) -> dict[str, Any]:
 
 
 async def change(store: Store, clock: Clock, resource: dict[str, Any]) -> None:
-    """A resource version and its outbox event, as the hub's writer stores them."""
+    """A resource version and its outbox event, as the hub's writer stores them (visible to RBL)."""
     rtype, rid, version = resource["resourceType"], resource["id"], int(resource["meta"]["versionId"])
     key, now = f"{rtype}/{rid}", clock()
-    doc = {"type": rtype, "id": rid, "version": version, "last_updated": now, "resource": resource}
+    doc = {"type": rtype, "id": rid, "version": version, "last_updated": now, "resource": resource, "trusts": ["RBL"]}
     await store.history.insert_one({"_id": f"{key}/_history/{version}", **doc})
     await store.resources.replace_one({"_id": key}, {"_id": key, **doc}, upsert=True)
     await store.outbox.insert_one(

@@ -193,12 +193,15 @@ async def test_a_failed_event_is_retried_and_later_versions_of_its_resource_wait
             "status": "ready",
         }
     )
-    # The held referral names RBL from version 2 on, so the subscription's filter passes both versions.
+    # The held referral names RBL from version 2 on (and RBL may see it), so the subscription's filter
+    # passes both versions.
     requester = {
         "type": "Organization",
         "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RBL"},
     }
-    await store.history.update_one({"_id": f"{key}/_history/3"}, {"$set": {"resource.requester": requester}})
+    await store.history.update_one(
+        {"_id": f"{key}/_history/3"}, {"$set": {"resource.requester": requester, "trusts": ["RBL"]}}
+    )
     await send_and_map(http, intake, referral("RBL-7101", "500101", "X200001", "9449305552", "JONES^DAVID"))
 
     async with client_session(settings) as session:
@@ -219,7 +222,7 @@ async def test_a_failed_event_is_retried_and_later_versions_of_its_resource_wait
             "intent": "order",
             "requester": requester,
         }
-        await store.history.update_one({"_id": poison}, {"$set": {"resource": second}})
+        await store.history.update_one({"_id": poison}, {"$set": {"resource": second, "trusts": ["RBL"]}})
         await asyncio.sleep(settings.notifier_fanout_retry_s + 0.2)
         await notifier.run(asyncio.Event(), burst=True)
 

@@ -220,6 +220,7 @@ async def subscription_with_one_event(store: Store, settings: Settings, url: str
         "requester": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RBL"}},
     }
     doc = {"type": "ServiceRequest", "id": "sr-stop", "version": 1, "last_updated": now, "resource": referral}
+    doc["trusts"] = ["RBL"]  # the referring trust may see it (shared/visibility.py)
     await store.history.insert_one({"_id": "ServiceRequest/sr-stop/_history/1", **doc})
     await store.resources.insert_one({"_id": "ServiceRequest/sr-stop", **doc})
     await store.outbox.insert_one(
@@ -291,3 +292,27 @@ async def test_notifier_finishes_an_attempt_in_hand_within_the_stop(
     assert delivery is not None and delivery["status"] == "delivered"
     released = await store.subscriptions.find_one({"_id": sub_id})
     assert released is not None and "lane" not in released
+
+
+async def test_a_stop_signal_while_starting_is_remembered_and_stops_the_loop_at_once() -> None:
+    """A SIGTERM that comes while a part is still starting (before its event loop handles signals) no
+    longer ends the process with 143: it is remembered, and the stop event is set as soon as the loop
+    takes the signals over, so everything stops in order."""
+    import os
+
+    from services import signals
+
+    saved = {sig: signal.getsignal(sig) for sig in signals.STOP_SIGNALS}
+    loop = asyncio.get_running_loop()
+    try:
+        signals.hold_stop_signals()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.stop_requested()
+        stop = asyncio.Event()
+        signals.stop_on_signals(stop)
+        assert stop.is_set()
+    finally:
+        for sig in signals.STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, saved[sig])
+        signals._received.clear()

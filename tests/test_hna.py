@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from receivers import RBL_REFERRALS, loopback_settings, subscription_body
+from trusts import client_as
 
 from services.mapper.fhir_records import map_bundle
 from services.mapper.service import MapperService
@@ -250,9 +251,10 @@ async def test_hna_completed_is_announced_with_its_plan_to_the_referring_trust(
     with_plan = hna(f"{URL}|1", physical__pain=8, emotional__worry=6, distress=7)
     without_plan = {**hna("Questionnaire/mscc-hna", physical__fatigue=9)}
     del without_plan["subject"]
-    for response in (with_plan, without_plan):
-        answer = await http.post("/fhir", json=message(response), headers=FHIR)
-        assert answer.status_code == 200, answer.text
+    async with client_as(http, "RBL") as rbl:  # the referring trust sends its patient's assessments
+        for response in (with_plan, without_plan):
+            answer = await rbl.post("/fhir", json=message(response), headers=FHIR)
+            assert answer.status_code == 200, answer.text
     await MapperService(store).run(asyncio.Event(), burst=True)
 
     responses = [d async for d in store.resources.find({"type": "QuestionnaireResponse"})]

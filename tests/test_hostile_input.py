@@ -4,6 +4,7 @@ keys built from long identifiers always fit MongoDB's indexes; the log carries n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from services.intake.service import IntakeService
 from shared.db_errors import database_failure, is_transient, safe_summary
 from shared.fhir import FHIR_JSON, FhirError, parse_json
 from shared.ids import MAX_KEY_BYTES, fitting_key
+from shared.settings import Settings
 from shared.store import Store
 from tests.fhir_referrals import referral as trust_referral
 
@@ -291,6 +293,21 @@ async def test_long_hl7v2_keys_are_stored_and_acknowledged(
     assert await store.messages.count_documents({"protocol": "hl7v2"}) == 1
 
 
+async def test_a_header_no_index_takes_is_refused_not_resent_and_its_bytes_kept(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    """A header field an index of the deployment cannot take (here an extra index on MSH-3) fails for
+    ever: AR (never AE "resend", which a sender would repeat for ever), and the bytes kept without it."""
+    await store.messages.create_index([("header.sending_application", 1)], name="operator_extra")
+    message = _hl7("C3", "P" * 1500)
+    response = await client.post("/hl7v2", content=message, headers=HL7)
+    assert response.status_code == 200 and response.headers["x-ack-code"] == "AR", response.text
+    assert "sending it again will not help" in response.text
+    doc = await store.messages.find_one({"_id": response.headers["x-message-id"]})
+    assert doc is not None and doc["raw"] == message and doc["status"] == "rejected"
+    assert "KeyTooLong" in doc["reason"] or "17280" in doc["reason"]
+
+
 def test_short_hl7v2_keys_do_not_change() -> None:
     from services.intake.header import read_header_fields
 
@@ -366,8 +383,11 @@ async def test_database_errors_do_not_put_patient_data_in_the_log(
 # --- partial bodies --------------------------------------------------------------------------------
 
 
-async def _send_partial(app: Any, path: str, content_type: str, head: bytes) -> list[dict[str, Any]]:
-    """Send ``head`` as the start of a longer body, then disconnect (as a client that went away)."""
+async def _send_partial(
+    app: Any, path: str, content_type: str, head: bytes, *, trickle_s: float | None = None
+) -> list[dict[str, Any]]:
+    """Send ``head`` as the start of a longer body, then disconnect (as a client that went away), or,
+    with ``trickle_s``, go on sending a byte every ``trickle_s`` seconds and never finish."""
     events: list[dict[str, Any]] = [
         {"type": "http.request", "body": head, "more_body": True},
         {"type": "http.disconnect"},
@@ -375,6 +395,9 @@ async def _send_partial(app: Any, path: str, content_type: str, head: bytes) -> 
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
+        if trickle_s is not None and len(events) < 2:
+            await asyncio.sleep(trickle_s)
+            return {"type": "http.request", "body": b" ", "more_body": True}
         message: dict[str, Any] = events.pop(0) if events else {"type": "http.disconnect"}
         return message
 
@@ -423,6 +446,29 @@ async def test_a_body_cut_short_is_kept_and_logged_in_one_line(
     [kept] = await rejected(store)
     assert kept["raw"] == head and kept["protocol"] == protocol
     assert "cut short" in kept["reason"]
-    noted = [r for r in caplog.records if "cut short" in json.dumps(vars(r), default=str)]
-    assert len(noted) == 1 and noted[0].exc_info is None
+    # One warning says what happened (the per-message "message received" line is information only).
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    noted = [r for r in warned if "cut short" in json.dumps(vars(r), default=str)]
+    assert len(noted) == 1 and noted[0].exc_info is None, [r.getMessage() for r in warned]
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+
+
+async def test_a_body_trickled_past_the_read_timeout_is_answered_408_and_kept(settings: Settings, store: Store) -> None:
+    """One deadline for the whole body: a sender adding a byte every 0.1 s cannot hold the request open
+    beyond MSCC_HTTP_BODY_TIMEOUT_S; it gets 408 and what came is kept."""
+    slow = settings.model_copy(update={"http_body_timeout_s": 0.6})
+    service = IntakeService(slow, store)
+    await service.start()
+    try:
+        head = b'{"resourceType": "ServiceRequest", "stat'
+        started = asyncio.get_running_loop().time()
+        sent = await _send_partial(create_app(service), "/fhir/ServiceRequest", FHIR_JSON, head, trickle_s=0.1)
+        took = asyncio.get_running_loop().time() - started
+    finally:
+        await service.stop()
+    [start] = [m for m in sent if m["type"] == "http.response.start"]
+    assert start["status"] == 408 and took < 5
+    body = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "timeout"
+    [kept] = await rejected(store)
+    assert kept["raw"].startswith(head) and "MSCC_HTTP_BODY_TIMEOUT_S" in kept["reason"]

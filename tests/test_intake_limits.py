@@ -86,7 +86,11 @@ async def test_a_trickling_sender_is_cut_at_the_total_frame_timeout_and_its_byte
                 await writer.drain()
                 sent += 1
                 await asyncio.wait([closed], timeout=0.25)
-        assert await asyncio.wait_for(closed, 5) == b""  # cut, nothing acknowledged
+        try:
+            answered = await asyncio.wait_for(closed, 5)
+        except ConnectionResetError:  # cut while a byte was in flight: the kernel resets, not closes
+            answered = b""
+        assert answered == b""  # cut, nothing acknowledged
         elapsed = time.monotonic() - started
         writer.close()
         assert 1.4 <= elapsed < 4, f"cut after {elapsed:.1f}s"

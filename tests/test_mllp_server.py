@@ -200,7 +200,8 @@ async def test_database_outage_is_answered_ae_and_nothing_is_acknowledged(settin
 async def test_rejected_message_can_be_reprocessed_after_a_policy_change(
     settings: Settings, store: Store, tmp_path: Path
 ) -> None:
-    from services.tools import _reprocess
+    from services.intake.reprocess import Reprocessor
+    from shared.messages import MessageRecord
 
     senders = tmp_path / "senders.json"
     senders.write_text(json.dumps({"senders": [{"facility": "FAC", "message_types": ["ORU^R01"]}]}))
@@ -208,7 +209,8 @@ async def test_rejected_message_can_be_reprocessed_after_a_policy_change(
     async with running(strict, store) as service, connection(service.mllp.port) as client:
         assert msa(await client.send(adt("RE1")))[1] == "AR"
     [rejected] = await records(store, {"status": "rejected"})
-    assert await _reprocess(settings, store, rejected) == 0  # default policy: every type allowed
+    async with Reprocessor(settings, store, "an operator") as reprocessor:  # default policy: every type allowed
+        assert (await reprocessor.run(MessageRecord.from_doc(rejected))).done
     ready = await records(store, {"status": "ready"})
     assert len(ready) == 1 and ready[0]["raw"] == rejected["raw"]
     updated = await store.messages.find_one({"_id": rejected["_id"]})

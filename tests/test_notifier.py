@@ -240,10 +240,12 @@ def referral(rid: str, version: int, status: str = "active", requester: str = "R
 
 
 async def change(store: Store, clock: Clock, resource: dict[str, Any], kind: str | None = None, **event: Any) -> str:
-    """Store a version of ``resource`` and its outbox event, as the mapper's writer does."""
+    """Store a version of ``resource`` and its outbox event, as the mapper's writer does: visible to the
+    trust of its requester (RBL when it names none), as the writer's ``trusts`` would make it."""
     rtype, rid, version = resource["resourceType"], resource["id"], int(resource["meta"]["versionId"])
     key, now = f"{rtype}/{rid}", clock()
-    doc = {"type": rtype, "id": rid, "version": version, "last_updated": now, "resource": resource}
+    trust = ((resource.get("requester") or {}).get("identifier") or {}).get("value", "RBL")
+    doc = {"type": rtype, "id": rid, "version": version, "last_updated": now, "resource": resource, "trusts": [trust]}
     await store.history.insert_one({"_id": f"{key}/_history/{version}", **doc})
     await store.resources.replace_one({"_id": key}, {"_id": key, **doc}, upsert=True)
     outbox_id = str(event.pop("_id", f"{key}/_history/{version}"))

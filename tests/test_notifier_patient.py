@@ -171,8 +171,9 @@ async def test_a_patient_without_any_fileable_identifier_is_not_sent_and_the_del
     for resource in (patient, request):
         key = f"{resource['resourceType']}/{resource['id']}"
         doc = {"type": resource["resourceType"], "id": resource["id"], "version": 1, "last_updated": now}
-        await store.history.insert_one({"_id": f"{key}/_history/1", **doc, "resource": resource})
-        await store.resources.insert_one({"_id": key, **doc, "resource": resource})
+        visible = {"resource": resource, "trusts": ["RBL"]}
+        await store.history.insert_one({"_id": f"{key}/_history/1", **doc, **visible})
+        await store.resources.insert_one({"_id": key, **doc, **visible})
         await store.outbox.insert_one(
             {
                 "_id": f"{key}/_history/1",

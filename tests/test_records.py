@@ -17,10 +17,10 @@ import bson
 import httpx
 import pytest
 
+from services.intake.reprocess import Reprocessor
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
 from services.notifier.model import ChangeEvent
-from services.tools import _reprocess
 from shared import review
 from shared.auth import DEV_SCOPES, Caller
 from shared.messages import FHIR, HL7V2, HL7V2_BATCH, Hl7Header, MessageRecord
@@ -62,6 +62,7 @@ ACCEPTED_FIELDS = [
     "ack",
     "dedup_key",
     "trusts",  # who may see what it writes (shared/visibility.py)
+    "correlation_id",  # follows it to its resources and deliveries (shared/correlation.py)
 ]
 
 
@@ -201,7 +202,8 @@ async def test_mapped_held_decided_and_reprocessed_records_survive_a_round_trip(
     assert missing.status_code == 404
     refused = await intake.store.messages.find_one({"protocol": HL7V2, "status": "rejected", "size": 11})
     assert refused is not None
-    assert await _reprocess(intake.settings, intake.store, refused) == 0
+    async with Reprocessor(intake.settings, intake.store, "an operator") as reprocessor:
+        assert (await reprocessor.run(MessageRecord.from_doc(refused))).done
 
     docs = await all_records(intake.store)
     statuses = {d["status"] for d in docs}

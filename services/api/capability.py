@@ -1,4 +1,10 @@
-"""The CapabilityStatement: exactly what this server supports, no more."""
+"""The CapabilityStatement: exactly what this server supports, no more.
+
+``rest.security`` says how to call it: SMART on FHIR (the ``restful-security-service`` code
+``SMART-on-FHIR``), with the token endpoint in the ``oauth-uris`` extension (as SMART App Launch 1.0
+places it; ``/.well-known/smart-configuration`` says the same and more), so a client that reads only
+the CapabilityStatement finds where to get a token.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +59,28 @@ TRANSITION = {
     "note, who: moves an MSCC referral along its pathway (docs/pathway.md)",
 }
 SUPPORTED_TYPES = ("ServiceRequest", *READ_ONLY_TYPES)
+SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def rest_security(base_url: str) -> Resource:
+    """``CapabilityStatement.rest.security``: SMART on FHIR backend services, and where the token is got."""
+    return {
+        "extension": [{"url": OAUTH_URIS, "extension": [{"url": "token", "valueUri": f"{base_url}/oauth2/token"}]}],
+        "cors": False,
+        "service": [
+            {
+                "coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}],
+                "text": "OAuth 2.0 client credentials (SMART Backend Services)",
+            }
+        ],
+        "description": "Every interaction but metadata needs an access token (Authorization: Bearer) from "
+        f"{base_url}/oauth2/token: the client credentials grant, the client authenticated by a JWT assertion "
+        "signed with its registered key (private_key_jwt) or by its secret. Tokens carry SMART system "
+        "scopes (system/ServiceRequest.rs, system/*.read, ...) and the client's ODS code: a referring trust "
+        "sees and changes only its own referrals and patients, the MSCC team everything. Discovery: "
+        f"{base_url}/.well-known/smart-configuration.",
+    }
 
 
 def hub_version() -> str:
@@ -119,6 +147,7 @@ def capability_statement(base_url: str, software_version: str) -> Resource:
         "rest": [
             {
                 "mode": "server",
+                "security": rest_security(base_url),
                 "documentation": "POST /fhir takes transaction, batch and message Bundles: they are stored, "
                 "acknowledged (202 with a receipt Bundle, or a message response) and processed "
                 "asynchronously. Only create (POST Type) and update by id (PUT Type/id) of the stored types "

@@ -72,9 +72,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(PartialBody)
     async def partial_body(request: Request, exc: PartialBody) -> Response:
-        """Keep what came of a body the client did not finish, with the reason; answer 400 (to no one)."""
+        """Keep what came of a body the client did not finish, with the reason; answer 400 (to no one,
+        the client is gone) or 408 (the body did not arrive in time)."""
         await keep_partial(request, exc)
-        return outcome_response(FhirError(400, "incomplete", str(exc)))
+        return outcome_response(FhirError(exc.status, "incomplete" if exc.status == 400 else "timeout", str(exc)))
 
     @app.exception_handler(ClientDisconnect)
     async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
@@ -97,6 +98,6 @@ async def keep_partial(request: Request, exc: PartialBody) -> None:
         await intake.hl7.keep_unacknowledged(exc.head, str(exc), channel="http", peer=peer, caller=caller)
         return
     header = {"interaction": "incomplete", "method": request.method, "path": request.url.path}
-    error = FhirError(400, "incomplete", str(exc))
+    error = FhirError(exc.status, "incomplete" if exc.status == 400 else "timeout", str(exc))
     await intake.fhir.keep_rejected(exc.head, error, caller, peer, header)
     log.warning("request body cut short; kept as rejected", extra=where)

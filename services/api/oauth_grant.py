@@ -12,6 +12,9 @@ Errors are RFC 6749 section 5.2 JSON. A client that cannot be authenticated, inc
 is ``invalid_client`` (401; RFC 7523 section 3.2 names that code for an invalid client assertion), a
 missing or repeated parameter ``invalid_request``, another grant type ``unsupported_grant_type``, a scope
 the client does not hold ``invalid_scope`` (400).
+
+Every refusal is audited and refusals are limited per peer address (``token_guard.py``): ``admit`` before
+any work, ``refused`` or ``granted`` after.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import binascii
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,13 +33,17 @@ from urllib.parse import unquote_plus
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from shared.audit import Hub
 from shared.bearer import ASYMMETRIC, Authenticator
 from shared.clients import PRIVATE_KEY_JWT, SECRET, ClientRecord, hash_secret, secret_matches
+from shared.db_errors import safe_summary
 from shared.jwks import JwksError
 from shared.scopes import ScopeError, narrow
 from shared.store import Store
+
+from .token_guard import RefusalLimiter, login_failure, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,8 @@ class OAuthError(Exception):
     description: str
     status: int = 400
     headers: dict[str, str] = field(default_factory=dict)
+    client_id: str | None = None  # the client the request claimed to be, for the audit trail
+    audited: bool = True  # False for the repeated 429s of a throttled address (the first is recorded)
 
     def body(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}
@@ -66,13 +76,56 @@ class TokenEndpoint:
     """Grants access tokens. Built once per app over the app's ``Authenticator`` (its registry, JWKS
     cache and token service)."""
 
-    def __init__(self, auth: Authenticator, store: Store) -> None:
+    def __init__(self, auth: Authenticator, store: Store, clock: Callable[[], datetime] | None = None) -> None:
         self._auth = auth
         self._used = store.used_assertions
-        self.url = f"{auth.settings.base_url}/oauth2/token"
+        self._audit = store.audit
+        self._clock = clock or (lambda: datetime.now(UTC))
+        settings = auth.settings
+        self.url = f"{settings.base_url}/oauth2/token"
+        self.hub = Hub(settings.receiving_application, settings.receiving_facility, settings.base_url)
+        self.guard = RefusalLimiter(settings.token_refusals_per_min, settings.token_refusals_burst)
+
+    def admit(self, peer: str | None) -> None:
+        """Take a refusal token of ``peer``'s bucket, or raise the 429 ``OAuthError`` (``Retry-After``)."""
+        wait, first = self.guard.admit(peer or "")
+        if wait > 0:
+            after = retry_after(wait)
+            raise OAuthError(
+                "temporarily_unavailable",
+                f"too many refused token requests from {peer or 'this address'}: try again in {after} s",
+                429,
+                {"Retry-After": after},
+                audited=first,
+            )
+
+    def granted(self, peer: str | None) -> None:
+        self.guard.granted(peer or "")
+
+    async def refused(self, error: OAuthError, peer: str | None) -> None:
+        """Record the refusal as an AuditEvent (never raises: the answer goes out whatever happens here)."""
+        if not error.audited:
+            return
+        reason = f"{error.error}: {error.description}"
+        claimed = error.client_id[:200] if error.client_id else None
+        doc = login_failure(self.hub, self._clock(), peer, claimed, error.status, reason)
+        try:
+            await self._audit.insert_one(doc)
+        except PyMongoError as exc:
+            log.error("token refusal not audited", extra={"peer": peer, "client_id": claimed, **safe_summary(exc)})
+        if error.status == 429:
+            log.warning("token requests throttled", extra={"peer": peer, "client_id": claimed})
 
     async def grant(self, form: dict[str, list[str]], authorization: str | None) -> dict[str, Any]:
-        """The token response for a parsed form body (each parameter's values) and Authorization header."""
+        """The token response for a parsed form body (each parameter's values) and Authorization header;
+        an ``OAuthError`` names the client the request claimed to be."""
+        try:
+            return await self._grant(form, authorization)
+        except OAuthError as exc:
+            exc.client_id = exc.client_id or _claimed(form, authorization)
+            raise
+
+    async def _grant(self, form: dict[str, list[str]], authorization: str | None) -> dict[str, Any]:
         params = _single(form)
         grant_type = params.get("grant_type")
         if grant_type is None:
@@ -192,6 +245,23 @@ class TokenEndpoint:
 def _unknown_client_hash() -> dict[str, Any]:
     """Checked against when the client id is unknown, so that takes as long to refuse as a wrong secret."""
     return hash_secret("not the secret of any client")
+
+
+def _claimed(form: dict[str, list[str]], authorization: str | None) -> str | None:
+    """The client id a request names (form, HTTP Basic or the assertion's ``iss``), unverified; None."""
+    if form.get("client_id"):
+        return form["client_id"][0]
+    if authorization and authorization.strip().lower().startswith("basic "):
+        try:
+            return _basic(authorization)[0] or None
+        except OAuthError:
+            return None
+    assertion = (form.get("client_assertion") or [""])[0]
+    try:
+        issuer = jwt.decode(assertion, options={"verify_signature": False}).get("iss") if assertion else None
+    except jwt.InvalidTokenError:
+        return None
+    return issuer if isinstance(issuer, str) else None
 
 
 def _single(form: dict[str, list[str]]) -> dict[str, str]:

@@ -9,6 +9,11 @@ every query parameter and conditional header each interaction takes. Nothing her
 Where a value has a closed set of forms, the document says so (``VALUES``: ``_format``, ``_count``...; a
 path's resource type, id and version), so that a client, or a test generating requests from this
 document, knows a valid request from one the server refuses with 400, 404 or 406.
+
+Security: the document declares the OAuth 2.0 client credentials scheme (``oauth2``, its token URL) and,
+per operation, the SMART scope the route needs, decided by the same function that guards the route
+(``route_scopes.needed_scope``); on a route generic over the type the scope names the path's type
+(``system/{resource_type}.s``). Public routes (``route_scopes.PUBLIC``) declare no security.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from shared.fhir import FHIR_JSON
 from shared.search import COMMON, PARAM_TYPES, PARAMETERS
 
 from ..pathway.updates import UPDATABLE
+from .access import describe as scope_text
 from .capability import SUPPORTED_TYPES
+from .route_scopes import PUBLIC, needed_scope
 
 Schema = dict[str, Any]
 REF = "#/components/schemas/"
@@ -195,12 +202,48 @@ def _parameters(method: str, path: str) -> list[Schema]:
     return extra
 
 
-def describe(document: Schema) -> Schema:
-    """``document`` (FastAPI's generated OpenAPI) with the request bodies and parameters added, in place."""
+SCHEME = "oauth2"
+SCOPE_LETTERS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+
+
+def route_scope(method: str, path: str) -> str | None:
+    """The scope an operation needs (``system/Subscription.r``, ``system/{resource_type}.s``), or None
+    for a public route."""
+    if path in PUBLIC:
+        return None
+    return scope_text(needed_scope(method.upper(), path, {"resource_type": "{resource_type}"}))
+
+
+def security_scheme(token_url: str, scopes: set[str]) -> Schema:
+    """The OAuth 2.0 client credentials scheme, with every scope some operation names."""
+    described = {}
+    for scope in sorted(scopes):
+        kind, letters = scope.removeprefix("system/").rsplit(".", 1)
+        what = " and ".join(SCOPE_LETTERS[letter] for letter in letters)
+        on = "the resource type in the path" if kind.startswith("{") else "every type" if kind == "*" else kind
+        described[scope] = f"{what} on {on}"
+    flow = {"tokenUrl": token_url, "scopes": described}
+    return {
+        "type": "oauth2",
+        "description": "OAuth 2.0 client credentials (SMART Backend Services): a client authenticates with a "
+        "signed JWT assertion (private_key_jwt) or its secret at the token URL and sends the access token as "
+        "Authorization: Bearer. A scope for a type is also granted by system/*.<letters> and the v1 forms "
+        "(system/*.read, system/*.write).",
+        "flows": {"clientCredentials": flow},
+    }
+
+
+def describe(document: Schema, token_url: str = "/oauth2/token") -> Schema:
+    """``document`` (FastAPI's generated OpenAPI) with the request bodies, parameters and security added,
+    in place; ``token_url``: the token endpoint's URL (``MSCC_PUBLIC_BASE_URL`` + ``/oauth2/token``)."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(SCHEMAS)
+    scopes: set[str] = set()
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():
+            scope = route_scope(method, path)
+            operation["security"] = [{SCHEME: [scope]}] if scope else []
+            scopes |= {scope} if scope else set()
             if method in ("post", "put") and "requestBody" not in operation:
                 body = _request_body(method, path)
                 if body is not None:
@@ -213,4 +256,5 @@ def describe(document: Schema) -> Schema:
                 if (parameter["name"].lower(), parameter["in"]) not in present:
                     operation.setdefault("parameters", []).append(parameter)
                     present.add((parameter["name"].lower(), parameter["in"]))
+    document["components"].setdefault("securitySchemes", {})[SCHEME] = security_scheme(token_url, scopes)
     return document

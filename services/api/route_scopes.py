@@ -12,6 +12,7 @@ notifier's, the read side's, and any added later) is covered without declaring a
     POST /hl7v2                                                                              hl7v2.c
     GET  /admin/...                                                                          *.r
     POST, PUT, DELETE /admin/... (review decisions)                                          *.u
+    GET  /ui/... (dashboard pages); POST /ui/... (its actions)                               *.r; *.u
 
 A ``*`` requirement is met only by a ``system/*...`` scope. ``PUBLIC`` routes need no token at all.
 """
@@ -33,6 +34,10 @@ PUBLIC = frozenset(
         "/oauth2/jwks",
         "/.well-known/smart-configuration",
         "/fhir/.well-known/smart-configuration",
+        # The dashboard's sign-in and assets (services/ui/); its pages and actions need *.r and *.u.
+        "/ui/login",
+        "/ui/logout",
+        "/ui/static/{name}",
     }
 )
 READ_OPERATIONS = frozenset({"$status", "$events"})

@@ -5,7 +5,9 @@
     GET  /.well-known/smart-configuration     SMART discovery (also under /fhir): the token endpoint and
                                               the client authentication methods it supports
 
-None of them needs a token (``route_scopes.PUBLIC``). Token answers are never cached (``no-store``).
+None of them needs a token (``route_scopes.PUBLIC``). Token answers are never cached (``no-store``). A
+refused token request is audited and counted against its peer address, which is answered 429 once it has
+been refused too often (``token_guard.py``).
 """
 
 from __future__ import annotations
@@ -31,22 +33,33 @@ def _oauth_error(exc: OAuthError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers={**NO_STORE, **exc.headers})
 
 
+async def _form(request: Request) -> dict[str, list[str]]:
+    """The form body's parameters; ``OAuthError`` invalid_request when it is not a readable form."""
+    if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != FORM:
+        raise OAuthError("invalid_request", f"send the parameters as {FORM}")
+    body, size = await read_body(request, MAX_FORM_BYTES)
+    if size > MAX_FORM_BYTES:
+        raise OAuthError("invalid_request", f"the request body is larger than {MAX_FORM_BYTES} bytes")
+    try:
+        return parse_qs(body.decode(), max_num_fields=50)
+    except ValueError as exc:  # not UTF-8, or too many fields
+        raise OAuthError("invalid_request", f"the form cannot be read: {exc}") from exc
+
+
 @router.post("/oauth2/token", summary="Get an access token (client credentials; private_key_jwt or a secret)")
 async def token(request: Request) -> JSONResponse:
     endpoint: TokenEndpoint = request.app.state.token_endpoint
-    if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != FORM:
-        return _oauth_error(OAuthError("invalid_request", f"send the parameters as {FORM}"))
-    body, size = await read_body(request, MAX_FORM_BYTES)
-    if size > MAX_FORM_BYTES:
-        return _oauth_error(OAuthError("invalid_request", f"the request body is larger than {MAX_FORM_BYTES} bytes"))
+    peer = request.client.host if request.client else None
     try:
-        form = parse_qs(body.decode(), max_num_fields=50)
-    except ValueError as exc:  # not UTF-8, or too many fields
-        return _oauth_error(OAuthError("invalid_request", f"the form cannot be read: {exc}"))
-    try:
-        answer = await endpoint.grant(form, request.headers.get("authorization"))
+        endpoint.admit(peer)
+        answer = await endpoint.grant(await _form(request), request.headers.get("authorization"))
     except OAuthError as exc:
+        await endpoint.refused(exc, peer)
         return _oauth_error(exc)
+    except Exception:  # the hub's failure (the database, a bug): audited as such, answered by the app
+        await endpoint.refused(OAuthError("server_error", "the token endpoint failed", 500), peer)
+        raise
+    endpoint.granted(peer)
     return JSONResponse(answer, headers=NO_STORE)
 
 

@@ -7,6 +7,8 @@ flush. A record whose ``dedup_key`` already exists resolves to the stored origin
 ``StoreUnavailable`` saying whether it is transient (``shared/db_errors.py``) and naming only the error's
 class and code: a database error's text can carry the record's content, which never reaches the log. A
 record that cannot be encoded at all (too large, say) fails alone; the others in its group are written.
+Each record gets its correlation id before it is queued, and is counted and logged once written
+(``received.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pymongo.read_concern import ReadConcern
 
 from shared.db_errors import describe, is_transient
 from shared.store import Document
+
+from . import received
 
 DUPLICATE_KEY = 11000
 log = logging.getLogger(__name__)
@@ -96,12 +100,20 @@ class GroupCommitter:
         if not self._workers:
             raise StoreUnavailable("the group committer is not running")
         loop = asyncio.get_running_loop()
+        received.stamp(docs)  # each record's correlation id
         futures = []
         for doc in docs:
             future: asyncio.Future[Committed] = loop.create_future()
             self._queue.put_nowait((doc, future))
             futures.append(future)
-        return list(await asyncio.gather(*futures))
+        try:
+            results = list(await asyncio.gather(*futures))
+        except StoreUnavailable:
+            received.not_stored(docs)
+            raise
+        for result in results:  # counted and logged once stored, before anything is answered
+            received.count(result.document, inserted=result.inserted)
+        return results
 
     async def _run(self) -> None:
         while True:

@@ -17,7 +17,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from bson.errors import BSONError
@@ -33,6 +33,7 @@ from shared.fhir import (
 )
 from shared.fhir import issue as fhir_issue
 from shared.fhir_messages import fhir_message
+from shared.limits import Limits
 from shared.normalise import normalised
 from shared.resources import ResourceStore, content_of
 from shared.retry import TransactionRetry, TransientError, run_transaction
@@ -40,18 +41,24 @@ from shared.store import DURABLE, Document, Store
 from shared.versions import NewVersion, write_versions
 from shared.visibility import Visibility
 
+from . import received
 from .committer import GroupCommitter, StoreUnavailable
-from .fhir_accepted import bundle_record, created_record, prepared_create, read_body
+from .fhir_accepted import created_record
 from .fhir_bundles import check_update_targets
 from .fhir_ids import business_id, identifier_scope, legacy_id, random_id
+from .fhir_parse import BundleArrival, Refused, read_bundle, read_create
 from .fhir_reply import FhirReply, etag, http_date
 from .hl7_intake import new_id
+from .offload import ParsePool
 from .trust import referral_trusts
 
 # Re-exported: the names callers (and tests) import from here.
 __all__ = ["FhirIntake", "FhirReply", "business_id", "check_update_targets", "identifier_scope", "legacy_id"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_Who = tuple[Caller, str, dict[str, Any]]  # who posted a body: caller, peer, the record's header
 
 MATCH_LIMIT = 50  # If-None-Exist candidates read before keeping those in the caller's scope
 # Concurrent creates of one id conflict in MongoDB; each retry backs off a little longer.
@@ -96,7 +103,12 @@ class FhirIntake:
         base_url: str,
         clock: Callable[[], datetime] | None = None,
         service_ods: str = "",
+        limits: Limits | None = None,
+        pool: ParsePool | None = None,
     ) -> None:
+        self._limits = limits or Limits()  # shared/limits.py: checked before anything is stored as accepted
+        # Large bodies are parsed and validated in worker processes (offload.py); without a pool, inline.
+        self._pool = pool or ParsePool(0, 0)
         self._store = store
         self._resources = ResourceStore(store)
         self._committer = committer
@@ -148,14 +160,15 @@ class FhirIntake:
             log.error("oversize FHIR body not stored", extra={"reason": str(exc)})
         return error
 
-    async def _validated(
-        self, body: bytes, content_type: str | None, expected: str, caller: Caller, peer: str, header: dict[str, Any]
-    ) -> Resource:
-        try:
-            return read_body(body, content_type, expected)
-        except FhirError as error:
-            await self.keep_rejected(body, error, caller, peer, header)
-            raise
+    async def _read(self, body: bytes, read: Callable[..., _T | Refused], args: tuple[Any, ...], who: _Who) -> _T:
+        """``read(*args)`` (``fhir_parse``: limits, parse, validation), in the parse pool when the body is
+        large; a refusal is kept as a rejected record (``who``: caller, peer, header) and raised."""
+        result = await self._pool.run(read, *args, size=len(body))
+        if isinstance(result, Refused):
+            error = result.error()
+            await self.keep_rejected(body, error, *who)
+            raise error
+        return result
 
     def _existing_reply(self, doc: Document, status: int = 200) -> FhirReply:
         resource: Resource = doc["resource"]
@@ -188,8 +201,8 @@ class FhirIntake:
         returned resource shows the demoted identifier (its system and type).
         """
         header: dict[str, Any] = {"interaction": "create", "resource_type": resource_type}
-        data = await self._validated(body, content_type, resource_type, caller, peer, header)
-        data, warnings = prepared_create(data)
+        args = (body, content_type, resource_type, self._limits)
+        data, warnings = await self._read(body, read_create, args, (caller, peer, header))
         try:
             referral_trusts(data, caller, self._service_ods)  # 403 before anything is matched or created
             try:
@@ -199,6 +212,8 @@ class FhirIntake:
         except FhirError as error:
             await self.keep_rejected(body, error, caller, peer, header)
             raise
+        if reply.status != 201:
+            received.count_duplicate_create(resource_type, caller.ods_code, reply.body.get("id"))
         if not prefers_outcome(prefer):
             return reply
         done = "created" if reply.status == 201 else "already exists: the stored version is unchanged"
@@ -347,24 +362,21 @@ class FhirIntake:
     async def _write_created(self, record: Document, new: NewVersion) -> None:
         """The message record (queued for the mapper, which derives what the resource implies) and
         version 1 with its "created" event, in one transaction."""
+        received.stamp([record])
         async with (
             self._store.client.start_session() as session,
             await session.start_transaction(write_concern=DURABLE),
         ):
             await self._store.messages.insert_one(record, session=session)
             await write_versions(self._store, [new], session=session)
+        received.count(record)
 
     async def post_bundle(self, body: bytes, content_type: str | None, caller: Caller, peer: str) -> FhirReply:
         """Store a transaction, batch or message Bundle for the mapper and answer with its receipt."""
         header: dict[str, Any] = {"interaction": "bundle"}
-        data = await self._validated(body, content_type, "Bundle", caller, peer, header)
-        try:
-            record = bundle_record(
-                data, body, caller, peer, new_id(), self._clock(), self._base, service_ods=self._service_ods
-            )
-        except FhirError as error:
-            await self.keep_rejected(body, error, caller, peer, header)
-            raise
+        arrival = BundleArrival(caller, peer, new_id(), self._clock(), self._base, self._service_ods)
+        args = (body, content_type, self._limits, arrival)
+        record = await self._read(body, read_bundle, args, (caller, peer, header))
         try:
             [committed] = await self._committer.commit([record])
         except StoreUnavailable as exc:

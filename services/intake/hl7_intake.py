@@ -19,24 +19,17 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from shared.auth import Caller
-from shared.er7 import SegmentSpan, segment_spans
+from shared.limits import DEFAULT_LIMITS, Limits
 from shared.messages import HL7V2, HL7V2_BATCH, MessageRecord
 from shared.store import Document
 from shared.visibility import TRUSTS
 
 from .ack import ack_code, build_ack, should_reply
 from .committer import Committed, GroupCommitter, StoreUnavailable
-from .envelope import split_envelope
-from .header import (
-    APPLICATION_INTERNAL_ERROR,
-    HeaderRead,
-    Issue,
-    MessageHeader,
-    Rejection,
-    read_header_fields,
-    read_message,
-)
-from .hl7_keys import content_digest, control_key, dedup_key, indexed_header
+from .header import APPLICATION_INTERNAL_ERROR, HeaderRead, Issue, MessageHeader, Rejection
+from .hl7_keys import control_key, dedup_key, indexed_header
+from .hl7_scan import FrameScan, MessageScan, header_of, scan_frame
+from .offload import ParsePool
 from .origin import Origin
 from .policy import SenderPolicy
 from .trust import hl7_trust
@@ -160,22 +153,11 @@ class IntakeConfig:
     facility: str
     default_charset: str
     fallback_charset: str
+    limits: Limits = DEFAULT_LIMITS  # shared/limits.py: checked before the ACK
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
-
-
-def _try_header(data: bytes, spans: list[SegmentSpan]) -> MessageHeader | None:
-    """The first readable MSH of a frame, to address a rejection to its sender."""
-    for span in spans:
-        raw = data[span.start : span.end].lstrip(b"\xef\xbb\xbf \t")
-        if raw.startswith(b"MSH"):
-            try:
-                return read_header_fields(raw.decode("latin-1"))
-            except Rejection:
-                return None
-    return None
 
 
 class Hl7Intake:
@@ -185,11 +167,19 @@ class Hl7Intake:
         policy: SenderPolicy,
         config: IntakeConfig,
         clock: Callable[[], datetime] | None = None,
+        pool: ParsePool | None = None,
     ) -> None:
         self._committer = committer
         self._policy = policy
         self._config = config
         self._clock = clock or (lambda: datetime.now(UTC))
+        # Large frames are read in worker processes (offload.py); without a pool, inline.
+        self._pool = pool or ParsePool(0, 0)
+
+    async def _scan(self, data: bytes, charset: str | None) -> FrameScan:
+        """What the frame's bytes alone decide (``hl7_scan``), in the parse pool when it is large."""
+        charsets = (self._config.default_charset, self._config.fallback_charset, charset)
+        return await self._pool.run(scan_frame, data, charsets, self._config.limits, size=len(data))
 
     def _arrival(self, channel: str, peer: str, caller: Caller, charset: str | None = None) -> Arrival:
         return Arrival(self._clock(), channel, peer, caller, charset)
@@ -206,15 +196,13 @@ class Hl7Intake:
     ) -> Reply:
         """Store one frame (a message or a batch) and return the acknowledgement to send."""
         arrival = Arrival(self._clock(), channel, peer, caller, charset, origin)
-        spans = segment_spans(data)
-        try:
-            envelope = split_envelope(data, spans)
-        except Rejection as rejection:
-            header = _try_header(data, spans)
-            return await self._store_rejection(data, header, rejection, arrival, original_mode=True)
-        if not envelope.is_batch:
-            return await self._receive_one(data, spans, arrival)
-        return await self._receive_batch(data, envelope.messages, envelope.has_file_header, arrival)
+        scan = await self._scan(data, charset)
+        if scan.refusal is not None:  # over a frame limit, or a malformed envelope (answered in original mode)
+            rejection = scan.refusal.rejection()
+            return await self._store_rejection(data, scan.header, rejection, arrival, original_mode=scan.envelope)
+        if not scan.is_batch:
+            return await self._receive_one(data, scan.messages[0], arrival)
+        return await self._receive_batch(data, scan.messages, scan.file_header, arrival)
 
     def _ack(
         self,
@@ -238,38 +226,31 @@ class Hl7Intake:
 
     def _prepare(
         self,
-        data: bytes,
-        spans: list[SegmentSpan],
+        scan: MessageScan,
         raw: bytes,
         arrival: Arrival,
         batch: dict[str, Any] | None = None,
     ) -> tuple[MessageRecord, MessageHeader | None]:
-        """Build the record for one message: accepted ("ready") or rejected, with its ACK inside.
+        """Build the record for one message (read by ``hl7_scan``): accepted ("ready") or rejected,
+        with its ACK inside.
 
         ``raw`` is what is kept byte-exact: the whole frame, or the message's slice of a batch (whose
         place in it is ``batch``: id, index, count).
         """
         record_id = new_id()
-        header: MessageHeader | None = None
+        header = scan.header
         try:
-            read: HeaderRead = read_message(
-                data,
-                spans,
-                default_charset=self._config.default_charset,
-                fallback_charset=self._config.fallback_charset,
-                forced_charset=arrival.charset,
-            )
+            read: HeaderRead = scan.accepted()
             header = read.header
             self._policy.check(header)
             self._policy.check_origin(header, arrival.origin)
             trust = hl7_trust(self._policy, header, arrival.caller, arrival.channel, self._config.facility)
         except Rejection as rejection:
-            header = header or _try_header(data, spans)
             issue = Issue("E", rejection.code, rejection.reason, rejection.location)
             ack = {"code": rejection.ack, "text": self._ack(header, rejection.ack, record_id, [issue], arrival.now)}
             return arrival.rejected(record_id, raw, rejection.reason, issue, header, ack, batch=batch), header
         ack_text = self._ack(header, "AA", record_id, read.issues, arrival.now)
-        dedup = dedup_key(header, content_digest(data, spans, header))
+        dedup = dedup_key(header, scan.digest)
         return arrival.accepted(record_id, raw, read, ack_text, dedup or None, batch, trust), header
 
     async def _commit(self, docs: list[Document]) -> list[Committed] | StoreUnavailable:
@@ -295,8 +276,8 @@ class Hl7Intake:
             await self._note_duplicate(result.document["_id"], now)
         return result.document
 
-    async def _receive_one(self, data: bytes, spans: list[SegmentSpan], arrival: Arrival) -> Reply:
-        record, header = self._prepare(data, spans, data, arrival)
+    async def _receive_one(self, data: bytes, scan: MessageScan, arrival: Arrival) -> Reply:
+        record, header = self._prepare(scan, data, arrival)
         committed = await self._commit([record.to_doc()])
         if isinstance(committed, StoreUnavailable) and not committed.transient:
             # Never "resend" what can never be stored (a sender would retry for ever): AR, kept if it can be.
@@ -345,7 +326,14 @@ class Hl7Intake:
         record = arrival.rejected(
             record_id, data, rejection.reason, issue, header, ack, size=size, truncated=size is not None
         )
-        if isinstance(await self._commit([record.to_doc()]), StoreUnavailable):
+        failed = await self._commit([record.to_doc()])
+        if isinstance(failed, StoreUnavailable) and not failed.transient and header is not None:
+            # The header itself cannot be stored (an indexed field no index takes): keep the bytes without it.
+            record = arrival.rejected(
+                record_id, data, rejection.reason, issue, None, ack, size=size, truncated=size is not None
+            )
+            failed = await self._commit([record.to_doc()])
+        if isinstance(failed, StoreUnavailable):
             return self._unavailable(header, arrival.now)
         code = rejection.ack if original_mode else ack_code(rejection.ack, header)
         return Reply(text.encode("utf-8"), code, (record_id,))
@@ -354,7 +342,7 @@ class Hl7Intake:
         self, head: bytes, size: int, limit: int, *, channel: str, peer: str, caller: Caller
     ) -> Reply:
         """Reject a frame larger than ``limit``: its first ``limit`` bytes are kept, with its size."""
-        header = _try_header(head, segment_spans(head))
+        header = await self._pool.run(header_of, head, size=len(head))
         rejection = Rejection(
             APPLICATION_INTERNAL_ERROR,
             f"message of {size} bytes exceeds the limit of {limit} bytes "
@@ -377,19 +365,13 @@ class Hl7Intake:
         return record_id
 
     async def _receive_batch(
-        self, data: bytes, messages: list[list[SegmentSpan]], file_header: bool, arrival: Arrival
+        self, data: bytes, messages: tuple[MessageScan, ...], file_header: bool, arrival: Arrival
     ) -> Reply:
         batch_id = new_id()
         count = len(messages)
         prepared = [
-            self._prepare(
-                data,
-                spans,
-                data[spans[0].start : spans[-1].stop],
-                arrival,
-                {"id": batch_id, "index": i, "count": count},
-            )
-            for i, spans in enumerate(messages)
+            self._prepare(scan, data[scan.start : scan.stop], arrival, {"id": batch_id, "index": i, "count": count})
+            for i, scan in enumerate(messages)
         ]
         envelope = arrival.envelope(batch_id, data, [record.id for record, _ in prepared])
         committed = await self._commit([envelope.to_doc()] + [record.to_doc() for record, _ in prepared])

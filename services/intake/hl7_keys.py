@@ -48,11 +48,12 @@ def dedup_key(header: MessageHeader, digest: str) -> str | None:
 
 
 def indexed_header(header: MessageHeader) -> dict[str, Any]:
-    """The record's ``header``: MSH-10 (indexed as ``header.control_id``) as a fitting key, and in full
-    as ``control_id_full`` when that differs."""
+    """The record's ``header``: the indexed fields, MSH-10 (``header.control_id``) and MSH-4
+    (``header.sending_facility``), as fitting keys, each in full as ``<name>_full`` when that differs."""
     doc = header.to_doc()
-    control_id = doc["control_id"]
-    doc["control_id"] = fitting_key(control_id)
-    if doc["control_id"] != control_id:
-        doc["control_id_full"] = control_id
+    for name in ("control_id", "sending_facility"):
+        value = doc[name]
+        doc[name] = fitting_key(value)
+        if doc[name] != value:
+            doc[f"{name}_full"] = value
     return doc

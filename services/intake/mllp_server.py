@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from shared.auth import Caller, caller_for_mllp
 from shared.budget import Account, ByteBudget
+from shared.metrics import ack_timer
 from shared.mllp import CARRIAGE_RETURN, END_BLOCK, START_BLOCK, Frame, FrameDecoder, Junk, Oversize
 from shared.settings import Settings
 
@@ -181,6 +182,7 @@ class MllpServer:
         intake = self._intake
         if isinstance(event, Frame | Oversize):
             self.stats.frames += 1
+            answered = ack_timer("mllp")  # from receipt to the ACK (mscc_ack_seconds)
             size = len(event.data if isinstance(event, Frame) else event.head)
             await account.take((STORING_COST - 1) * size)  # no room: wait, reading nothing more
             if isinstance(event, Frame):
@@ -190,6 +192,7 @@ class MllpServer:
                 work = intake.receive_oversize(event.head, event.size, limit, channel="mllp", peer=peer, caller=caller)
             task = asyncio.create_task(work)
             task.add_done_callback(account.hand_over(STORING_COST * size).release)
+            task.add_done_callback(answered)
             await replies.put(task)
         else:
             self.stats.junk += 1

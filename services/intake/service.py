@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+from shared.limits import Limits
 from shared.settings import Settings
 from shared.store import Store
 
@@ -15,6 +16,7 @@ from .committer import GroupCommitter
 from .fhir_intake import FhirIntake
 from .hl7_intake import Hl7Intake, IntakeConfig
 from .mllp_server import MllpServer
+from .offload import ParsePool
 from .policy import load_policy
 
 
@@ -33,9 +35,14 @@ class IntakeService:
             settings.receiving_facility,
             settings.hl7_default_charset,
             settings.hl7_fallback_charset,
+            Limits.from_settings(settings),
         )
-        self.hl7 = Hl7Intake(self.committer, load_policy(settings.senders_file), config, clock)
-        self.fhir = FhirIntake(store, self.committer, settings.base_url, clock, settings.receiving_facility)
+        # Large inputs are read in worker processes, off the event loop (offload.py); started on first use.
+        self.pool = ParsePool(settings.intake_parse_pool, settings.intake_offload_bytes)
+        self.hl7 = Hl7Intake(self.committer, load_policy(settings.senders_file), config, clock, self.pool)
+        self.fhir = FhirIntake(
+            store, self.committer, settings.base_url, clock, settings.receiving_facility, config.limits, self.pool
+        )
         # Bytes being read and stored, MLLP frames and HTTP bodies alike (shared/budget.py).
         self.budget = intake_budget(settings)
         self.mllp = MllpServer(self.hl7, settings, self.budget)
@@ -47,6 +54,7 @@ class IntakeService:
 
     async def stop(self) -> None:
         """Stop the MLLP listener (answering what is in flight, within ``MSCC_STOP_TIMEOUT_S``), then
-        the committer, after the last message it was given is written."""
+        the committer, after the last message it was given is written, then the parse pool's workers."""
         await self.mllp.stop(self.settings.stop_timeout_s)
         await self.committer.stop()
+        await self.pool.shutdown()

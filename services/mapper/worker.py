@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,7 +45,10 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WriteConcernError
 
+from shared import correlation
 from shared.leases import LeaseKeeper
+from shared.limits import DEFAULT_LIMITS, TOO_LARGE_TEXT, Limits, pack, record_write_bytes, too_large
+from shared.metrics import MAPPER_MESSAGES
 from shared.records import MessageOutcome
 from shared.retry import Backoff, retryable
 from shared.settings import Settings
@@ -53,6 +56,7 @@ from shared.store import Document, Store
 from shared.supervision import Heartbeat
 
 from .model import MappingError, MappingResult, TransientError, issue
+from .outcomes import bounded_issues
 from .writer import LeaseLost, ResourceWriter
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,7 @@ class WorkerConfig:
     lease_s: float = 10.0
     heartbeat_s: float = 3.0  # the lease is renewed this often while a batch runs
     stop_timeout_s: float = 8.0  # a batch still running this long after stop is released
+    limits: Limits = DEFAULT_LIMITS  # a batch is written in transactions of at most limits.transaction_bytes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -85,6 +90,7 @@ class WorkerConfig:
             future_skew_s=settings.mapper_future_skew_s,
             heartbeat_s=settings.lease_heartbeat_s,
             stop_timeout_s=settings.stop_timeout_s,
+            limits=Limits.from_settings(settings),
         )
 
 
@@ -206,6 +212,7 @@ class MapperWorker:
             )
         await self._store.messages.bulk_write(ops, ordered=False)
         self.stats.dead += len(docs)
+        MAPPER_MESSAGES.labels("dead").inc(len(docs))
 
     async def run_once(self) -> int:
         """Claim and process one batch; the number of messages processed (0 when none were ready)."""
@@ -226,7 +233,8 @@ class MapperWorker:
         for doc in docs:
             await asyncio.sleep(0)  # mapping is CPU work: let the lease heartbeat (and a stop) in between
             try:
-                mapped.append((doc, self._mapper(doc)))
+                with correlation.bound(correlation.of_message(doc)):  # what mapping logs names the message
+                    mapped.append((doc, self._mapper(doc)))
             except MappingError as exc:
                 failed.append((doc, exc.issues))
             except TransientError:
@@ -237,8 +245,11 @@ class MapperWorker:
         await self._record_failures(failed, token)
         if transient:
             await self._retry_later(transient, token, "a transient error stopped the mapping")
-        if mapped:
-            await self._commit(mapped, token)
+        # Packed by estimated size (shared/limits.py): no transaction outgrows MongoDB's limits, and a
+        # message too large to write fails alone while the others are written in this same cycle.
+        sizes = [record_write_bytes(doc) for doc, _ in mapped]
+        for group in pack(sizes, self._config.limits.transaction_bytes):
+            await self._commit([mapped[i] for i in group], token)
 
     async def _commit(self, mapped: list[tuple[Document, MappingResult]], token: str) -> None:
         """Write ``mapped``; on a failure that is not the database's, again one message at a time, so
@@ -246,13 +257,14 @@ class MapperWorker:
         try:
             await self._writer.commit(mapped, token)
             self.stats.mapped += len(mapped)
+            _finished(mapped, "mapped")
             return
         except LeaseLost as exc:
             log.warning("lease lost; another worker maps these messages", extra={"reason": str(exc)})
             return
         except Exception as exc:  # isolated below: never lets one message stop the worker
             error = exc
-        if _database_fault(error):
+        if _database_fault(error) and not too_large(error):
             await self._retry_later([doc for doc, _ in mapped], token, str(error))
             return
         if len(mapped) > 1:
@@ -267,6 +279,8 @@ class MapperWorker:
         log.error("mapped resources could not be written", exc_info=error, extra={"record": doc["_id"]})
         cause = error.__cause__ if isinstance(error, TransientError) and error.__cause__ else error
         issues = [issue("fatal", "exception", f"the mapped resources could not be written: {cause!r}"[:2000])]
+        if too_large(error):  # permanent: never retried as if the database were away
+            issues.insert(0, issue("fatal", "too-costly", TOO_LARGE_TEXT))
         extra = getattr(cause, "issues", None)  # a FhirError: what the validator refused, and where
         if isinstance(extra, list):
             issues += [i for i in extra if isinstance(i, dict)]
@@ -282,7 +296,9 @@ class MapperWorker:
                 {
                     "$set": {
                         "status": "failed",
-                        "processing": _outcome("failed", now, {"resourceType": "OperationOutcome", "issue": issues}),
+                        "processing": _outcome(
+                            "failed", now, {"resourceType": "OperationOutcome", "issue": bounded_issues(issues)}
+                        ),
                     },
                     "$unset": {"lease": "", "next_attempt_at": ""},
                 },
@@ -291,6 +307,7 @@ class MapperWorker:
         ]
         await self._store.messages.bulk_write(ops, ordered=False)
         self.stats.failed += len(failed)
+        _finished(failed, "failed")
 
     async def _retry_later(self, docs: list[Document], token: str, reason: str) -> None:
         now = self._clock()
@@ -304,6 +321,7 @@ class MapperWorker:
                     "$unset": {"lease": "", "next_attempt_at": ""},
                 }
                 self.stats.dead += 1
+                MAPPER_MESSAGES.labels("dead").inc()
             else:
                 delay = self._backoff.delay(attempts)
                 update = {
@@ -315,6 +333,7 @@ class MapperWorker:
                     "$unset": {"lease": ""},
                 }
                 self.stats.retried += 1
+                MAPPER_MESSAGES.labels("retried").inc()
             ops.append(UpdateOne({"_id": doc["_id"], "lease.owner": token}, update))
         try:
             await self._store.messages.bulk_write(ops, ordered=False)
@@ -379,6 +398,15 @@ class MapperWorker:
             extra={"messages": released, "stop_timeout_s": self._config.stop_timeout_s},
         )
         return released
+
+
+def _finished(items: Sequence[tuple[Document, object]], outcome: str) -> None:
+    """Count messages the worker is done with, and log each under its correlation id."""
+    MAPPER_MESSAGES.labels(outcome).inc(len(items))
+    level = logging.INFO if outcome == "mapped" else logging.WARNING
+    for doc, _ in items:
+        extra = {correlation.FIELD: correlation.of_message(doc), "record": doc["_id"]}
+        log.log(level, f"message {outcome}", extra=extra)
 
 
 def _outcome(status: str, now: datetime, outcome: dict[str, Any]) -> Document:

@@ -38,6 +38,7 @@ from pymongo.errors import PyMongoError
 
 from services.pathway.record import keep_pathway
 from services.pathway.table import service_ods
+from shared import correlation
 from shared.ids import identifier_key
 from shared.nhs import NHS_NUMBER_SYSTEM
 from shared.retry import TransactionRetry, run_transaction
@@ -144,7 +145,8 @@ class ResourceWriter:
             batch.index_patient(doc)
         written: dict[str, list[Written]] = {}
         for message, result in mapped:
-            written[message["_id"]] = self._apply_message(batch, message, result)
+            with correlation.bound(correlation.of_message(message)):  # its events carry the message's id
+                written[message["_id"]] = self._apply_message(batch, message, result)
         async with self._store.client.start_session() as session:
             async with await session.start_transaction(write_concern=DURABLE):
                 await write_versions(self._store, batch.versions, session=session)

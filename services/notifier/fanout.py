@@ -80,18 +80,26 @@ class FanOut:
         *,
         max_attempts: int = 5,
         retry_s: float = 5.0,
+        service_ods: str = "",
     ) -> None:
+        """``service_ods``: the hub's own organisation (``MSCC_RECEIVING_FACILITY``): its subscriptions
+        may be told about every trust's resources, any other only about its own trust's (``matching``)."""
         self._store = store
         self._clock = clock
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self.retry_s = retry_s
-        self._matcher = Matcher(store)
+        self._matcher = Matcher(store, service_ods)
         self.dispatched = 0
         self.created = 0
         self.conflicts = 0  # batches read again because another writer got there first
         self.failed = 0  # failed attempts on single events (each recorded on its event)
         self.dead = 0  # events dead-lettered
+
+    @property
+    def withheld(self) -> int:
+        """Notifications the criteria matched but the subscriber's trust may not see (never delivered)."""
+        return self._matcher.withheld
 
     async def run_once(self) -> int:
         """Dispatch one batch; the number of events dispatched or recorded as failed (0: none ready).

@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
+from shared import correlation
 from shared.fhir import Resource
+from shared.metrics import DELIVERIES
 from shared.store import Document
 
 from .attempts import dead_reason, delivered_update, failed_update, pending_guard
@@ -201,12 +203,14 @@ class Lane:
     async def _send(self, delivery: Delivery, resources: dict[str, Resource]) -> SendResult:
         """One attempt. A notification that cannot even be built (unexpected content, a bug) is a
         permanent failure: dead-lettered with the reason, never retried in a loop."""
-        try:
-            payload = self.channel.prepare(self.sub.spec.channel, self.sub, delivery, resources, self._sender())
-        except Exception as exc:
-            log.exception("notification could not be built", extra={"subscription": self.sub.id})
-            return SendResult(False, "unbuildable", 0.0, f"the notification could not be built: {exc!r}", None, True)
-        return await self._attempt(payload)
+        with correlation.bound(delivery.event.correlation_id):  # what the attempt logs names the message
+            try:
+                payload = self.channel.prepare(self.sub.spec.channel, self.sub, delivery, resources, self._sender())
+            except Exception as exc:
+                log.exception("notification could not be built", extra={"subscription": self.sub.id})
+                why = f"the notification could not be built: {exc!r}"
+                return SendResult(False, "unbuildable", 0.0, why, None, True)
+            return await self._attempt(payload)
 
     async def _attempt(self, payload: Payload) -> SendResult:
         """Send over the lane's connection (opened on first use) and let the channel judge the answer."""
@@ -230,6 +234,12 @@ class Lane:
         update, batch.last = delivered_update(delivery, result, self.w.clock())
         batch.updates.append(update)
         self.w.stats.delivered += 1
+        self._counted("delivered")
+        extra = {"subscription": self.sub.id, "event": delivery.event_number, "code": result.code}
+        log.info("notification delivered", extra={**extra, **_traced(delivery)})
+
+    def _counted(self, outcome: str) -> None:
+        DELIVERIES.labels(self.sub.id, self.sub.spec.channel.kind, outcome).inc()
 
     async def _record(self, batch: _Batch) -> None:
         """Record delivered events; renew the lane's lease when a third of it has gone."""
@@ -257,6 +267,7 @@ class Lane:
         await self.w.store.deliveries.update_one(pending_guard(delivery), failed_update(result, now, next_at))
         if next_at is not None:
             self.w.stats.retried += 1
+            self._counted("retrying")
             log.info(
                 "notification failed; will retry",
                 extra={
@@ -264,6 +275,7 @@ class Lane:
                     "event": delivery.event_number,
                     "code": result.code,
                     "retry_at": next_at.isoformat(),
+                    **_traced(delivery),
                 },
             )
             return next_at
@@ -272,9 +284,10 @@ class Lane:
             {"$set": {"status": "error", "error": dead_reason(delivery, result)}},
         )
         self.w.stats.dead += 1
+        self._counted("dead")
         log.warning(
             "notification dead-lettered; subscription in error",
-            extra={"subscription": self.sub.id, "event": delivery.event_number},
+            extra={"subscription": self.sub.id, "event": delivery.event_number, **_traced(delivery)},
         )
         return None
 
@@ -299,3 +312,9 @@ class Lane:
             return True
         still_mine = await self.w.store.subscriptions.count_documents({"_id": self.sub.id, "lane.owner": self.token})
         return still_mine == 0
+
+
+def _traced(delivery: Delivery) -> dict[str, str]:
+    """The correlation id of a delivery's event, for its log lines (nothing when it carries none)."""
+    cause = delivery.event.correlation_id
+    return {correlation.FIELD: cause} if cause else {}

@@ -10,12 +10,19 @@
   run on that resource's referrals: the ServiceRequests in its ``basedOn``, else the patient's
   (``subject``) ServiceRequests. So "requester = the trust" reaches the HNA of a patient the trust
   referred.
+- Last, whatever the criteria said: the subscriber's trust must be allowed to see the focus at the
+  event's version (its ``trusts``, ``shared/visibility.py``; the MSCC team's subscriptions see
+  everything). Criteria are written by subscribers and can be wrong (a requester filter matching another
+  trust's referral through a shared patient, a filter that ignores the requester); visibility is what the
+  hub knows about who referred the patient, the same rule every read applies. What is held back here is
+  counted (``Matcher.withheld``), never delivered and never numbered.
 
 Each distinct filter costs one query per batch of events, whatever the number of subscriptions.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,9 +31,12 @@ from typing import Any
 from shared.fhir import Resource
 from shared.search import parse_search
 from shared.store import Store
+from shared.visibility import EVERYTHING, Visibility, trust_code, trusts_of
 
 from .model import ChangeEvent, Filter, Subscription
 from .topics import triggered
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,7 @@ class Focused:
     event: ChangeEvent
     current: Resource | None
     previous: Resource | None
+    trusts: tuple[str, ...] = ()  # who may see the focus at the event's version (none: the MSCC team only)
 
     def referrals(self) -> list[str]:
         """ "ServiceRequest/id" keys the focus is based on."""
@@ -55,14 +66,27 @@ class Focused:
         return None
 
 
+def subscriber_visibility(trust: str, service_ods: str) -> Visibility:
+    """What a subscription of ``trust`` may be told about: everything for the MSCC team's own
+    subscriptions (``trust`` is the hub's organisation, ``service_ods``), else what names ``trust``."""
+    code = trust_code(trust)
+    if code is not None and code == trust_code(service_ods):
+        return EVERYTHING
+    return Visibility(code or "")
+
+
 def _previous_id(event: ChangeEvent) -> str | None:
     version = event.focus.version
     return f"{event.focus.key}/_history/{version - 1}" if version and version > 1 else None
 
 
 class Matcher:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, service_ods: str = "") -> None:
+        """``service_ods``: the hub's own organisation (``MSCC_RECEIVING_FACILITY``), whose subscriptions
+        see every trust's resources; empty, no subscription does (the safe side)."""
         self._store = store
+        self._service_ods = service_ods
+        self.withheld = 0  # (event, subscription) pairs the criteria matched but visibility refused
 
     async def load(self, events: list[ChangeEvent]) -> list[Focused]:
         """Each event with its focus versions (missing versions are None, never an error)."""
@@ -70,15 +94,13 @@ class Matcher:
         wanted |= {p for e in events if (p := _previous_id(e))}
         versions: dict[str, Any] = {}
         if wanted:
-            found = self._store.history.find({"_id": {"$in": sorted(wanted)}}, {"resource": 1})
-            versions = {d["_id"]: d["resource"] async for d in found}
+            found = self._store.history.find({"_id": {"$in": sorted(wanted)}}, {"resource": 1, "trusts": 1})
+            versions = {d["_id"]: d async for d in found}
         unversioned = sorted({e.focus.key for e in events if e.focus.version is None})
         current: dict[str, Any] = {}
         if unversioned:
-            current = {
-                d["_id"]: d["resource"]
-                async for d in self._store.resources.find({"_id": {"$in": unversioned}}, {"resource": 1})
-            }
+            found = self._store.resources.find({"_id": {"$in": unversioned}}, {"resource": 1, "trusts": 1})
+            current = {d["_id"]: d async for d in found}
         # A previous version that never had an outbox event (the FHIR intake stores a created resource's
         # first version without one) was never announced: the event is then the resource's first news.
         previous = sorted({p for e in events if (p := _previous_id(e))})
@@ -90,7 +112,8 @@ class Matcher:
             now = versions.get(e.focus.history_id) if e.focus.history_id else current.get(e.focus.key)
             p = _previous_id(e)
             before = versions.get(p) if p and p in announced else None
-            out.append(Focused(e, now, before))
+            resource = now.get("resource") if now else None
+            out.append(Focused(e, resource, before.get("resource") if before else None, trusts_of(now)))
         return out
 
     async def match(self, focused: list[Focused], subscriptions: list[Subscription]) -> dict[str, list[Subscription]]:
@@ -109,10 +132,24 @@ class Matcher:
         for text, flt in self._distinct_filters(candidates.values()).items():
             relevant = [f for f in focused if any(flt in s.spec.filters for s in candidates[f.event.outbox_id])]
             passing[text] = await self._passing(flt, relevant)
-        return {
-            outbox_id: [s for s in subs if all(outbox_id in passing[f.text] for f in s.spec.filters)]
-            for outbox_id, subs in candidates.items()
-        }
+        trusts = {f.event.outbox_id: f.trusts for f in focused}
+        out: dict[str, list[Subscription]] = {}
+        for outbox_id, subs in candidates.items():
+            matched = [s for s in subs if all(outbox_id in passing[f.text] for f in s.spec.filters)]
+            out[outbox_id] = [s for s in matched if self._may_see(s, trusts[outbox_id])]
+            for s in matched:
+                if s not in out[outbox_id]:
+                    self.withheld += 1
+                    log.warning(
+                        "notification withheld: the subscription's criteria match a resource its trust may not see",
+                        extra={"subscription": s.id, "trust": s.spec.trust, "outbox_id": outbox_id},
+                    )
+        return out
+
+    def _may_see(self, subscription: Subscription, trusts: tuple[str, ...]) -> bool:
+        """Whether the subscription's trust may see a focus that names ``trusts`` (defence in depth: the
+        criteria matched already)."""
+        return subscriber_visibility(subscription.spec.trust, self._service_ods).sees({"trusts": list(trusts)})
 
     @staticmethod
     def _distinct_filters(groups: Iterable[list[Subscription]]) -> dict[str, Filter]:

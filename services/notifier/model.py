@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl
 
+from shared.correlation import FIELD as CORRELATION
 from shared.records import OutboxEvent
 from shared.store import Document
 
@@ -228,6 +229,7 @@ class ChangeEvent:
     occurred_at: datetime  # when it happened (``at``: the step's time, the SLA's due time), else recorded_at
     recorded_at: datetime  # when the hub recorded it (the outbox's ``created_at``)
     detail: dict[str, str] = field(default_factory=dict)
+    correlation_id: str | None = None  # of the message that caused it (shared/correlation.py): for the logs
 
     @classmethod
     def from_outbox(cls, doc: Document) -> ChangeEvent | None:
@@ -253,10 +255,12 @@ class ChangeEvent:
             for k in DETAIL_KEYS
             if (value := event.extra.get(k)) is not None
         }
-        return cls(str(event.id), str(event.kind or "updated"), focus, occurred, recorded, detail)
+        cause = event.extra.get(CORRELATION)
+        kind = str(event.kind or "updated")
+        return cls(str(event.id), kind, focus, occurred, recorded, detail, str(cause) if cause else None)
 
     def to_doc(self) -> Document:
-        return {
+        doc: Document = {
             "outbox_id": self.outbox_id,
             "kind": self.kind,
             "focus": {"type": self.focus.type, "id": self.focus.id, "version": self.focus.version},
@@ -264,6 +268,9 @@ class ChangeEvent:
             "recorded_at": self.recorded_at,
             "detail": self.detail,
         }
+        if self.correlation_id is not None:
+            doc[CORRELATION] = self.correlation_id
+        return doc
 
     @classmethod
     def from_doc(cls, doc: Document) -> ChangeEvent:
@@ -275,6 +282,7 @@ class ChangeEvent:
             utc(doc["occurred_at"]),
             utc(doc.get("recorded_at") or doc["occurred_at"]),
             dict(doc.get("detail") or {}),
+            doc.get(CORRELATION),
         )
 
 

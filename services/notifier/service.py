@@ -75,6 +75,7 @@ class NotifierService:
             fanout_batch,
             max_attempts=settings.notifier_fanout_max_attempts,
             retry_s=settings.notifier_fanout_retry_s,
+            service_ods=settings.receiving_facility,
         )
         config = DeliveryConfig.from_settings(settings, idle_poll_s=idle_poll_s, **delivery)
         self.delivery = DeliveryWorker(store, session, RetryPolicy.from_settings(settings, rng), config, self.clock)

@@ -19,8 +19,10 @@ Channel headers (a bearer token for the receiver, say) are write-only too: every
 update, search) gives each one's name with its value masked (``channel_headers.py``), to the owner
 and the MSCC team alike. An update that sends a header back masked keeps the stored value of that header.
 
-``$events`` with full-resource content includes only the resource versions the caller may see
-(``shared/visibility.py``).
+``$events`` lists only the events whose focus the caller may see (``shared/visibility.py``: the rule
+the fan-out also applies before it delivers), so a delivery recorded before that rule, or planted, never
+reveals another trust's event ids to a trust; the MSCC team sees every event. With full-resource content
+it includes only the resource versions the caller may see.
 """
 
 from __future__ import annotations
@@ -323,17 +325,29 @@ class SubscriptionService:
         cursor = self._store.deliveries.find(
             {"subscription_id": subscription_id, "event_number": {"$gte": first, "$lte": last}}
         ).sort("event_number", 1)
-        items = [Delivery.from_doc(d) async for d in cursor]
+        who = Visibility.of(caller, self._settings.receiving_facility)
+        items = await self._visible([Delivery.from_doc(d) async for d in cursor], who)
         resources: dict[str, Resource] = {}
         if chosen == "full-resource":
             refs = [d.event.focus.reference for d in items]
-            who = Visibility.of(caller, self._settings.receiving_facility)
             async for h in self._store.history.find({"_id": {"$in": refs}, **who.query()}):
                 resources[h["_id"]] = h["resource"]
         now = self._clock()
         return notification_bundle(
             self._view(doc), self._base, "query-event", items, resources, chosen, now, str(uuid.uuid4())
         )
+
+    async def _visible(self, items: list[Delivery], who: Visibility) -> list[Delivery]:
+        """The deliveries whose focus version ``who`` may see."""
+        if who.everything or not items:
+            return items
+        seen: set[str] = set()
+        versioned = sorted({d.event.focus.reference for d in items if d.event.focus.version is not None})
+        current = sorted({d.event.focus.key for d in items if d.event.focus.version is None})
+        for collection, ids in ((self._store.history, versioned), (self._store.resources, current)):
+            if ids:
+                seen |= {h["_id"] async for h in collection.find({"_id": {"$in": ids}, **who.query()}, {"_id": 1})}
+        return [d for d in items if d.event.focus.reference in seen]
 
     async def redeliver(self, subscription_id: str, caller: Caller, number: str | None) -> Resource:
         """``$redeliver``: dead-lettered events (all, or ``eventNumber``) are queued again with a fresh
