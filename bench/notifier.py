@@ -201,7 +201,15 @@ def referral(index: int) -> dict[str, Any]:
 def change_docs(index: int, now: datetime) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     resource = referral(index)
     key = f"ServiceRequest/{resource['id']}"
-    base = {"type": "ServiceRequest", "id": resource["id"], "version": 1, "last_updated": now, "resource": resource}
+    # As the writer stores it: visible to the requesting trust, the only trust the notifier delivers to.
+    base = {
+        "type": "ServiceRequest",
+        "id": resource["id"],
+        "version": 1,
+        "last_updated": now,
+        "resource": resource,
+        "trusts": ["RBL"],
+    }
     event = {
         "_id": f"{key}/_history/1",
         "type": "ServiceRequest",
