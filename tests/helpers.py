@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
+import uvicorn
 
 from services.api.app import create_app
 from services.intake.service import IntakeService
+from services.serving import QuietServer
+from shared.mongod import free_port
 from shared.settings import Settings
 from shared.store import Store
 
@@ -24,3 +29,24 @@ async def app_client(settings: Settings, store: Store) -> AsyncIterator[httpx.As
             yield client
     finally:
         await service.stop()
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Any, port: int | None = None) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a loopback port (``port``, or a free one) until the block ends, when
+    the requests in flight finish first; yields its base URL."""
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off", access_log=False)
+    server = QuietServer(config)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(server.serve_until(stop))
+    for _ in range(500):
+        if server.started or serving.done():
+            break
+        await asyncio.sleep(0.01)
+    assert server.started, "the hub did not start serving"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop.set()
+        await serving

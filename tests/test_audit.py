@@ -11,17 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from helpers import serve_app
 
 from services import audit_tools, cli
 from services.api.app import create_app
 from services.intake.service import IntakeService
-from services.serving import QuietServer
 from shared import audit_log
 from shared.audit import ODS_SYSTEM, RECORD_SYSTEM, classify
 from shared.clients import ClientRegistry
 from shared.fhir import validate
-from shared.mongod import free_port
 from shared.nhs import NHS_NUMBER_SYSTEM
 from shared.settings import Settings
 from shared.store import Store
@@ -274,26 +272,9 @@ async def test_the_capability_statement_lists_audit_event(http: httpx.AsyncClien
 async def test_a_burst_of_reads_leaves_every_event_after_a_clean_stop(intake: IntakeService, store: Store) -> None:
     """200 concurrent reads over a real socket, then the server is stopped at once: every answered read
     has its AuditEvent (the writes still in flight finish before the server stops)."""
-    port = free_port()
-    server = QuietServer(
-        uvicorn.Config(
-            create_app(intake), host="127.0.0.1", port=port, log_config=None, lifespan="off", access_log=False
-        )
-    )
-    stop = asyncio.Event()
-    serving = asyncio.create_task(server.serve_until(stop))
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            created = (await client.post("/fhir/ServiceRequest", json=referral("AUD-BURST"), headers=FHIR)).json()
-            answers = await asyncio.gather(*(client.get(f"/fhir/ServiceRequest/{created['id']}") for _ in range(200)))
-    finally:
-        stop.set()
-        await serving
+    async with serve_app(create_app(intake)) as url, httpx.AsyncClient(base_url=url) as client:
+        created = (await client.post("/fhir/ServiceRequest", json=referral("AUD-BURST"), headers=FHIR)).json()
+        answers = await asyncio.gather(*(client.get(f"/fhir/ServiceRequest/{created['id']}") for _ in range(200)))
     assert [a.status_code for a in answers] == [200] * 200
     stored = await store.audit.count_documents(
         {"entity_keys": f"ServiceRequest/{created['id']}", "resource.subtype.code": "read"}

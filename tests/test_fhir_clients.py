@@ -16,12 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fhir_referrals import FHIR, PATIENTS, SEED_PATIENTS, referral
 from fhirclient import client as smart_client
 from fhirclient.models.bundle import Bundle
 from fhirclient.models.servicerequest import ServiceRequest
 from fhirpy import AsyncFHIRClient
+from helpers import serve_app
 
 from services.api.app import create_app
 from services.intake.service import IntakeService
@@ -48,21 +48,8 @@ def settings(settings: Settings, port: int) -> Settings:
 @pytest.fixture
 async def base(intake: IntakeService, port: int) -> AsyncIterator[str]:
     """The FHIR base of the hub served by uvicorn on ``port`` for the duration of the test."""
-    config = uvicorn.Config(
-        create_app(intake), host="127.0.0.1", port=port, log_level="warning", log_config=None, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started or serving.done():
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "the hub did not start serving"
-    try:
-        yield f"http://127.0.0.1:{port}/fhir"
-    finally:
-        server.should_exit = True
-        await serving
+    async with serve_app(create_app(intake), port) as url:
+        yield f"{url}/fhir"
 
 
 @pytest.fixture

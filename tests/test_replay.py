@@ -20,8 +20,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
+from helpers import serve_app
 from tokens import register
 
 from services.api.app import create_app
@@ -163,21 +163,8 @@ def settings(settings: Settings, port: int) -> Settings:
 @pytest.fixture
 async def hub(intake: IntakeService, port: int) -> AsyncIterator[str]:
     """The hub served by uvicorn on ``port``; yields its base URL."""
-    config = uvicorn.Config(
-        create_app(intake), host="127.0.0.1", port=port, log_level="warning", log_config=None, lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started or serving.done():
-            break
-        await asyncio.sleep(0.01)
-    assert server.started, "the hub did not start serving"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
+    async with serve_app(create_app(intake), port) as url:
+        yield url
 
 
 def referral(value: str) -> dict[str, object]:

@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from aiohttp import web
+from helpers import serve_app
 from receivers import loopback_settings, notification_type, rest_hook_channel, serve_http, subscription_body
 from tokens import TestClient, auth_headers, register
 from trusts import MSCC
@@ -30,9 +30,7 @@ from services.intake.service import IntakeService
 from services.mapper.service import MapperService
 from services.notifier.http import client_session
 from services.notifier.service import NotifierService
-from services.serving import QuietServer
 from shared.mllp import MllpClient
-from shared.mongod import free_port
 from shared.nhs import NHS_NUMBER_SYSTEM, ODS_ORGANIZATION_SYSTEM
 from shared.settings import Settings
 from shared.store import Store
@@ -85,23 +83,8 @@ async def receiving() -> AsyncIterator[Receiver]:
 @contextlib.asynccontextmanager
 async def serving(intake: IntakeService) -> AsyncIterator[str]:
     """The hub's HTTP application on a loopback port (uvicorn); yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(intake), host="127.0.0.1", port=port, log_config=None, lifespan="off", access_log=False
-    )
-    server = QuietServer(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(server.serve_until(stop))
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop.set()
-        await task
+    async with serve_app(create_app(intake)) as url:
+        yield url
 
 
 @contextlib.asynccontextmanager

@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
-import uvicorn
 from aiohttp import web
+from helpers import serve_app
 from playwright.async_api import Browser, Page, async_playwright
 from receivers import (
     RBL_REFERRALS,
@@ -37,9 +37,7 @@ from services.api.app import create_app
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
 from services.notifier.service import NotifierService
-from services.serving import QuietServer
 from shared.mllp import MllpClient
-from shared.mongod import free_port
 from shared.settings import Settings
 from shared.store import Store
 
@@ -118,21 +116,8 @@ async def hub(
         await MapperService(intake.store).run(asyncio.Event(), burst=True)
         await notifier.run(asyncio.Event(), burst=True)
     assert await intake.store.deliveries.count_documents({"status": "dead"}) == 1
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off", access_log=False)
-    server = QuietServer(config)
-    stop = asyncio.Event()
-    serving = asyncio.create_task(server.serve_until(stop))
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}", intake
-    finally:
-        stop.set()
-        await serving
+    async with serve_app(app) as url:
+        yield url, intake
 
 
 @pytest.fixture
