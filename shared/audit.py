@@ -1,8 +1,9 @@
 """FHIR AuditEvents for every access to the hub's patient data, after IHE Basic Audit Log Patterns (BALP).
 
-One event per HTTP request to ``/fhir``, ``/hl7v2`` or ``/admin``, built from what the request was
-(``classify``: the FHIR interaction, its action, the resource type and id in the path) and what came of it
-(``AuditFacts``: the status, the caller, the resources touched, the reason of a refusal):
+One event per HTTP request to ``/fhir``, ``/hl7v2``, ``/admin`` or the dashboard (``/ui``), built from
+what the request was (``classify``: the FHIR interaction, its action, the resource type and id in the
+path) and what came of it (``AuditFacts``: the status, the caller, the resources touched, the reason of a
+refusal):
 
     type       ``rest`` (audit-event-type) for a FHIR interaction; DICOM ``110110 Patient Record`` for an
                HL7v2 message or an operator route, which are not FHIR interactions
@@ -99,6 +100,8 @@ class Interaction:
         """``Type/id`` of the resource the path names (read, vread, update, instance history, operation)."""
         if self.channel == "fhir" and self.resource_type and self.resource_id:
             return f"{self.resource_type}/{self.resource_id}"
+        if self.channel == "admin" and self.resource_id:  # a stored message record (operator routes, /ui)
+            return f"{RECORD_SYSTEM}|{self.resource_id}"
         return None
 
 
@@ -115,6 +118,17 @@ def classify(method: str, path: str) -> Interaction | None:
         if method == "GET":
             return Interaction("admin", "search-type", "E")
         return Interaction("admin", "update", "U", resource_id=parts[2] if len(parts) > 2 else None)
+    if parts[0] == "ui":  # the dashboard shows patient data (masked) and acts on records, as /admin does
+        if parts[1:2] in (["static"], ["login"], ["logout"]):
+            return None
+        record = parts[2] if parts[1:2] == ["messages"] and len(parts) > 2 else None
+        if method == "GET":
+            return (
+                Interaction("admin", "read", "R", resource_id=record)
+                if record
+                else Interaction("admin", "search-type", "E")
+            )
+        return Interaction("admin", "update", "U", resource_id=record)
     if parts[0] != "fhir" or parts[1:2] in (["metadata"], [".well-known"]):
         return None  # public: the server's capabilities and SMART configuration name no patient
     return _fhir_interaction(method, parts[1:])

@@ -282,6 +282,12 @@ async def test_a_burst_of_reads_leaves_every_event_after_a_clean_stop(intake: In
     assert stored == 200
 
 
+ADT_FOR_UI = (
+    b"MSH|^~\\&|PAS|RBL|MSCC-HUB|REN|20261129120000||ADT^A01|UI-AUDIT-1|P|2.5\r"
+    b"PID|1||9449305552^^^NHS^NH~X1^^^RBL^MR||DOE^JANE||19700101|F\r"
+)
+
+
 def test_interactions_are_classified_from_the_path() -> None:
     cases = {
         ("GET", "/fhir/Patient/1"): ("read", "R"),
@@ -298,11 +304,27 @@ def test_interactions_are_classified_from_the_path() -> None:
         ("POST", "/hl7v2"): ("create", "C"),
         ("GET", "/admin/messages"): ("search-type", "E"),
         ("POST", "/admin/messages/abc/apply"): ("update", "U"),
+        ("GET", "/ui"): ("search-type", "E"),
+        ("GET", "/ui/messages/abc"): ("read", "R"),
+        ("POST", "/ui/messages/abc/reprocess"): ("update", "U"),
+        ("POST", "/ui/dead-letters/skip"): ("update", "U"),
     }
     for (method, path), expected in cases.items():
         found = classify(method, path)
         assert found is not None and (found.code, found.action) == expected, (method, path)
     assert classify("GET", "/fhir/metadata") is None and classify("GET", "/healthz") is None
+    assert classify("GET", "/ui/static/ui.css") is None and classify("POST", "/ui/login") is None
+    assert classify("GET", "/ui/messages/abc").path_reference() == "urn:mscc:message-record|abc"  # type: ignore[union-attr]
+
+
+async def test_a_dashboard_view_of_a_message_is_audited(http: httpx.AsyncClient, store: Store) -> None:
+    """The dashboard shows message content (NHS numbers masked, names not): each view is an AuditEvent
+    naming the record, as an operator route's access is."""
+    sent = await http.post("/hl7v2", content=ADT_FOR_UI, headers={"content-type": "x-application/hl7-v2+er7"})
+    record = sent.headers["x-message-id"]
+    assert (await http.get(f"/ui/messages/{record}")).status_code == 200
+    event = await store.audit.find_one({"entity_keys": record, "resource.action": "R"})
+    assert event is not None and event["resource"]["outcome"] == "0"
 
 
 async def test_cli_search_prints_a_table_or_json(
