@@ -41,6 +41,9 @@ DatabaseError = (PyMongoError, BSONError)
 # write and read codes of the drivers' specifications).
 TRANSIENT_CODES = frozenset({6, 7, 50, 63, 89, 91, 134, 150, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 TOO_LARGE_CODES = frozenset({10334, 17419, 17420})  # BSONObjectTooLarge and kin
+# TransactionTooLarge: the writes of one transaction exceed 16 MiB together, which MongoDB 4.0 refuses
+# (4.2 and later split a transaction's oplog entries); MSCC_LIMIT_TRANSACTION_BYTES set above that.
+TRANSACTION_TOO_LARGE = 257
 KEY_TOO_LONG = 17280
 DOCUMENT_VALIDATION = 121
 DUPLICATE_KEY_CODES = frozenset({11000, 11001})
@@ -94,6 +97,15 @@ def _permanent_status(exc: BaseException) -> tuple[int, str, str]:
     codes = set(_codes(exc))
     if isinstance(exc, DocumentTooLarge) or codes & TOO_LARGE_CODES:
         return 413, "too-costly", "it is larger than a stored document can be"
+    if TRANSACTION_TOO_LARGE in codes:
+        return (
+            413,
+            "too-costly",
+            (
+                "what it writes is larger than one database transaction may be (16 MiB on MongoDB 4.0: keep "
+                "MSCC_LIMIT_TRANSACTION_BYTES under it)"
+            ),
+        )
     if KEY_TOO_LONG in codes:
         return 422, "too-long", "a value is too long to be indexed"
     if isinstance(exc, DuplicateKeyError) or codes & DUPLICATE_KEY_CODES:

@@ -37,6 +37,8 @@ from typing import Any, Protocol
 
 from pymongo.errors import BulkWriteError, DocumentTooLarge
 
+from .db_errors import TOO_LARGE_CODES as DOCUMENT_TOO_LARGE_CODES
+from .db_errors import TRANSACTION_TOO_LARGE
 from .er7 import segment_spans
 
 KIB = 1024
@@ -368,7 +370,7 @@ def record_write_bytes(record: dict[str, Any]) -> int:
 
 
 # BSONObjectTooLarge and kin, and TransactionTooLarge (MongoDB 4.0: a transaction over 16 MiB).
-TOO_LARGE_CODES = frozenset({10334, 17419, 17420, 257})
+TOO_LARGE_CODES = DOCUMENT_TOO_LARGE_CODES | {TRANSACTION_TOO_LARGE}
 TOO_LARGE_TEXT = (
     "the mapped resources are larger than MongoDB can write (a document over 16 MiB, or a transaction over "
     "its limit): this message cannot be mapped as it is; MSCC_LIMIT_TRANSACTION_BYTES and "

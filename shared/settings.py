@@ -80,8 +80,11 @@ class Settings(BaseSettings):
     limit_transaction_bytes: int = Field(default=12 * 1024 * 1024, ge=1024 * 1024, le=64 * 1024 * 1024)
     # Inputs of at least intake_offload_bytes are read (parsed, validated, limits checked) by a pool of
     # intake_parse_pool worker processes, off the event loop every connection shares; 0 workers: all inline.
+    # Their records are written alone, outside the group commits of small ones (committer.py).
     intake_parse_pool: int = Field(default=2, ge=0, le=32)
     intake_offload_bytes: int = Field(default=64 * 1024, ge=0)
+    # Start the pool's workers with intake (a second or two), rather than on the first large input.
+    intake_parse_pool_warm: bool = True
 
     # HL7v2 decoding and acceptance.
     hl7_default_charset: str = "utf-8"

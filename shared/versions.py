@@ -88,6 +88,7 @@ def next_version(
     event_fields: dict[str, Any] | None = None,
     trusts: Iterable[str] = (),
     built: bool = False,
+    validated: bool = False,
 ) -> NewVersion | None:
     """The next version of ``content`` after ``current`` (None: the resource is not stored yet), or None
     when ``content`` says what ``current`` says already. ``FhirError`` 400 when it is not valid FHIR.
@@ -104,6 +105,9 @@ def next_version(
     ``built``: the hub built ``content`` itself (the mapping of an HL7v2 message, what the pathway
     derives); it is validated by ``built_validation.validate_built`` (a quick check, full validation
     when the check is unsure). Content received from outside is always validated in full.
+    ``validated``: ``content`` was validated already, as it is (intake's parse pool validates a large
+    body off the event loop, ``services/intake/fhir_parse.py``); only the id and ``meta`` stamped here
+    are new, and they are the hub's own, so it is not validated again.
     """
     visible = widened(trusts_of(current.extra) if current is not None else (), trusts)
     same = current is not None and content_of(current.resource) == content_of(content)
@@ -112,7 +116,7 @@ def next_version(
     rtype, rid = content["resourceType"], content["id"]
     version = current.version + 1 if current is not None else 1
     stamped = stamp(content, rid, version, now, source)
-    resource = validate_built(stamped) if built else validate(stamped)
+    resource = stamped if validated else validate_built(stamped) if built else validate(stamped)
     kept = (current.source_time if current is not None else None) if source_time == "keep" else source_time
     keys = tuple(identifier_key(rtype, s, v) for s, v in business_identifiers(resource))
     new = ResourceVersion(rtype, rid, version, now, resource, keys, kept, extra={TRUSTS: visible})

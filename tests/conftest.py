@@ -68,6 +68,7 @@ def settings(tmp_path: Path) -> Settings:
         state_dir=tmp_path / "state",
         mllp_idle_timeout_s=30,
         mllp_frame_timeout_s=5,
+        intake_parse_pool_warm=False,  # a pool's workers start on first use: most tests send no large input
     )
 
 

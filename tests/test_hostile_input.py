@@ -338,6 +338,7 @@ def test_transient_database_errors_ask_for_a_resend(exc: Exception) -> None:
     ("exc", "status"),
     [
         (DocumentTooLarge("BSON document too large"), 413),
+        (OperationFailure("Total size of all transaction operations must be less than 16793600", code=257), 413),
         (WriteError("key too large to index, failing 1040 { : 'SMITH' }", code=17280), 422),
         (DuplicateKeyError("E11000 duplicate key dup key: { : 'SMITH' }", code=11000), 409),
         (WriteError("Document failed validation", code=121, details={"op": {"name": "SMITH"}}), 422),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
 import uuid
@@ -21,9 +22,10 @@ from typing import Any
 
 import httpx
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
 from services.api.app import create_app
+from services.intake.committer import GroupCommitter
 from services.intake.fhir_parse import BundleArrival, read_bundle, read_create
 from services.intake.hl7_scan import header_of, scan_frame
 from services.intake.offload import OffloadError, ParsePool
@@ -153,6 +155,32 @@ async def test_a_small_message_is_answered_while_a_fhir_body_of_300000_objects_i
     assert kept is not None and kept["http_status"] == 413
 
 
+async def test_a_create_larger_than_a_database_transaction_is_413_and_kept(pooled: IntakeService, store: Store) -> None:
+    """Limits raised past what MongoDB 4.0 takes in one transaction (16 MiB): the database refuses the
+    write, and the answer is a 413 naming the setting, never a 500, with the body kept."""
+    body = json.dumps(
+        {
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": "Patient/1"},
+            "note": [{"text": "x"} for _ in range(300_000)],
+        },
+        separators=(",", ":"),
+    ).encode()
+    assert (await store.db.command("buildInfo"))["versionArray"][:2] == [4, 0]  # the suite's pinned mongod
+    transport = httpx.ASGITransport(app=create_app(pooled))
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub.test", timeout=120) as http:
+        answer = await http.post(
+            "/fhir/ServiceRequest", content=body, headers={"Content-Type": "application/fhir+json"}
+        )
+    assert answer.status_code == 413, answer.text
+    assert "MSCC_LIMIT_TRANSACTION_BYTES" in answer.text
+    kept = await store.messages.find_one({"protocol": "fhir", "status": "rejected"})
+    assert kept is not None and kept["http_status"] == 413 and kept["raw"] == body
+    assert await store.resources.count_documents({"type": "ServiceRequest"}) == 0
+
+
 async def test_the_pool_reads_every_corpus_input_as_the_loop_does() -> None:
     """The pure reading functions give the same value in a worker as inline, for every input of the
     HL7v2 and FHIR corpora (threshold 0: everything goes to the pool)."""
@@ -239,3 +267,65 @@ def _canonical(ids: dict[str, int], body: bytes, records: list[Document | None])
     for rid, place in ids.items():
         text = text.replace(rid, f"<record {place}>").replace(rid[:20], f"<record {place}>")
     return text
+
+
+class _Inserts(monitoring.CommandListener):
+    """How many documents each ``insert`` command carried."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "insert":
+            self.sizes.append(len(event.command.get("documents", [])))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_a_large_record_is_written_alone_and_the_small_ones_together(mongodb_uri: str, store: Store) -> None:
+    """Megabytes written and journaled in the group commit of small records would hold up their ACKs."""
+    inserts = _Inserts()
+    client: AsyncMongoClient[Document] = AsyncMongoClient(mongodb_uri, event_listeners=[inserts])
+    try:
+        committer = GroupCommitter(client[store.db.name]["messages"], max_concurrent=1, large_bytes=64 * 1024)
+        await committer.start()
+        large = {"_id": "large", "dedup_key": "large", "channel": "mllp", "raw": b"x" * (64 * 1024)}
+        small = [{"_id": f"small-{i}", "dedup_key": f"small-{i}", "channel": "mllp", "raw": b"MSH"} for i in range(6)]
+        done = await asyncio.gather(*(committer.commit([doc]) for doc in [*small[:3], large, *small[3:]]))
+        assert all(result.inserted for [result] in done)
+        [again] = await committer.commit([{**large, "_id": "large-again"}])  # a resend: the stored original
+        assert not again.inserted and again.document["_id"] == "large"
+        await committer.stop()
+    finally:
+        await client.close()
+    assert committer.written_alone == 2
+    assert sorted(inserts.sizes) == [1, 1, 6], inserts.sizes  # the large twice alone, the small ones together
+
+
+async def test_the_pool_workers_start_with_intake_when_asked(settings: Settings, store: Store) -> None:
+    """Started on the first large input, the workers' start-up would compete with every sender's ACK."""
+    warm = settings.model_copy(update={"intake_parse_pool": 2, "intake_parse_pool_warm": True})
+    service = IntakeService(warm, store)
+    await service.start()
+    try:
+        assert service.pool.warmed and service.pool.submitted == 0
+        for pid in service.pool.warmed:
+            os.kill(pid, 0)  # alive (raises if not)
+        wide = small("WARM-1") + (b"NTE|1||" + b"x" * 500 + b"\r") * 140  # 70 KB: read in the pool
+        reply, _ = await acknowledged(service.mllp.port, wide)
+        assert msa(reply) == "AA" and service.pool.offloaded == 1
+    finally:
+        await service.stop()
+    assert all(not _alive(pid) for pid in service.pool.warmed)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -2,7 +2,9 @@
 
 ``commit(docs)`` queues records and resolves once they are on disk (write concern majority, journaled).
 While one ``insert_many`` is in flight the next batch gathers, so many senders share each journal
-flush. A record whose ``dedup_key`` already exists resolves to the stored original instead
+flush. A record of ``MSCC_INTAKE_OFFLOAD_BYTES`` or more (a large message kept, accepted or refused)
+is written alone by a writer of its own: megabytes written and journaled with the small records would
+hold up their ACKs. A record whose ``dedup_key`` already exists resolves to the stored original instead
 (``inserted=False``). Any other database error is raised to the caller, which must not acknowledge, as
 ``StoreUnavailable`` saying whether it is transient (``shared/db_errors.py``) and naming only the error's
 class and code: a database error's text can carry the record's content, which never reaches the log. A
@@ -67,13 +69,33 @@ def _unencodable(doc: Document) -> BaseException | None:
 _Item = tuple[Document, "asyncio.Future[Committed]"]
 
 
+def _bulk(doc: Document) -> int:
+    """About how many bytes ``doc`` writes: its raw message (its text, where kept, is about as long)."""
+    raw = doc.get("raw")
+    return len(raw) if isinstance(raw, bytes | str) else 0
+
+
 class GroupCommitter:
-    def __init__(self, collection: AsyncCollection[Document], *, max_batch: int = 256, max_concurrent: int = 2) -> None:
+    """Small records share group commits (``max_concurrent`` writers, ``max_batch`` records each); a
+    record of at least ``large_bytes`` is written alone by a writer of its own, so that writing and
+    journaling megabytes never holds up the small records queued with it."""
+
+    def __init__(
+        self,
+        collection: AsyncCollection[Document],
+        *,
+        max_batch: int = 256,
+        max_concurrent: int = 2,
+        large_bytes: int = 64 * 1024,
+    ) -> None:
         self._collection = collection
         self._max_batch = max_batch
         self._max_concurrent = max_concurrent
+        self._large_bytes = large_bytes
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._large: asyncio.Queue[_Item] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
+        self.written_alone = 0  # large records written by their own writer
 
     @property
     def collection(self) -> AsyncCollection[Document]:
@@ -82,12 +104,15 @@ class GroupCommitter:
     async def start(self) -> None:
         if not self._workers:
             self._workers = [
-                asyncio.create_task(self._run(), name=f"group-commit-{i}") for i in range(self._max_concurrent)
+                asyncio.create_task(self._run(self._queue, self._max_batch), name=f"group-commit-{i}")
+                for i in range(self._max_concurrent)
             ]
+            self._workers.append(asyncio.create_task(self._run(self._large, 1), name="group-commit-large"))
 
     async def stop(self) -> None:
         """Write what is queued, then stop the workers."""
         await self._queue.join()
+        await self._large.join()
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -104,7 +129,7 @@ class GroupCommitter:
         futures = []
         for doc in docs:
             future: asyncio.Future[Committed] = loop.create_future()
-            self._queue.put_nowait((doc, future))
+            (self._large if _bulk(doc) >= self._large_bytes else self._queue).put_nowait((doc, future))
             futures.append(future)
         try:
             results = list(await asyncio.gather(*futures))
@@ -115,13 +140,15 @@ class GroupCommitter:
             received.count(result.document, inserted=result.inserted)
         return results
 
-    async def _run(self) -> None:
+    async def _run(self, queue: asyncio.Queue[_Item], max_batch: int) -> None:
         while True:
-            batch = [await self._queue.get()]
+            batch = [await queue.get()]
             # One turn of the event loop lets frames already read on other connections join this batch.
             await asyncio.sleep(0)
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            while len(batch) < max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            if queue is self._large:
+                self.written_alone += 1
             try:
                 await self._write(batch)
             except Exception as exc:  # a bug must not leave senders waiting forever for their ACK
@@ -129,7 +156,7 @@ class GroupCommitter:
                 self._fail(batch, f"internal error while storing: {type(exc).__name__}")
             finally:
                 for _ in batch:
-                    self._queue.task_done()
+                    queue.task_done()
 
     async def _durable_original(self, key: str, wait_s: float = 5.0) -> Document | None:
         """The stored original of a duplicate, once a majority has it: a resend is never answered from a

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.auth import Caller
+from shared.built_validation import validate_built
 from shared.fhir import FhirError, Resource, check_content_type, parse_json, validate
 from shared.fhir_messages import fhir_message
 from shared.hna import check_responses as check_hna_responses
@@ -58,10 +59,12 @@ def prepared_create(data: Resource) -> tuple[Resource, list[dict[str, Any]]]:
 
     An NHS number failing the check is demoted to the local invalid-number system (a warning, never a
     refusal), and the resource is normalised as the mapper would store it (UK Core profile, the patient
-    linked by NHS number), so the mapper never writes a version 2 just to add them."""
+    linked by NHS number), so the mapper never writes a version 2 just to add them. What the hub
+    changed is checked here (``validate_built``), where a large body is read (the parse pool), so that
+    storing it needs no validation on the event loop (``created_record``)."""
     checked, invalid = check_nhs_numbers(data)
     stored, _ = normalised(checked)
-    return stored, [finding.issue() for finding in invalid]
+    return validate_built(stored), [finding.issue() for finding in invalid]
 
 
 def created_record(
@@ -92,6 +95,7 @@ def created_record(
         message_id=record_id,
         source_time=now,
         trusts=trusts,
+        validated=True,  # by prepared_create; only the id and meta are new
     )
     assert new is not None  # a first version is always a change
     record = fhir_message(

@@ -17,8 +17,11 @@ depend on where it ran. Storing and answering stay on the loop (store first, the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import logging
 import multiprocessing
+import os
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -51,6 +54,24 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         return _Failed(type(exc).__name__, str(exc), traceback.format_exc())
 
 
+WORKER_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Run as each worker starts: a lower CPU priority than the event loop's process. Reading a large
+    input is batch work; on a busy machine the scheduler then runs the loop (small ACKs, a few hundred
+    microseconds each) as soon as it has something to do, instead of sharing time slices with a worker."""
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
+
+
+def _warm(modules: tuple[str, ...]) -> int:
+    """Run in a worker: import what the pooled functions need, before any input waits for it."""
+    for name in modules:
+        importlib.import_module(name)
+    return os.getpid()
+
+
 class ParsePool:
     """Runs ``fn(*args)`` in a worker process when ``size`` is at least ``threshold`` bytes and the pool
     has workers; inline otherwise. A pool whose worker died is replaced, and that input read inline."""
@@ -62,13 +83,33 @@ class ParsePool:
         self._closed = False  # after shutdown: inline, never a new pool
         self.submitted = 0  # inputs sent to a worker (for tests and the bench)
         self.offloaded = 0  # inputs read in a worker
+        self.warmed: set[int] = set()  # the workers started by ``warm`` (process ids)
 
     def pooled(self, size: int) -> bool:
         return self.workers > 0 and size >= self.threshold and not self._closed
 
+    async def warm(self, modules: tuple[str, ...]) -> None:
+        """Start every worker and import ``modules`` in it now. Spawning a worker and importing the FHIR
+        models takes a second or two of CPU; done on the first large input instead, it would slow every
+        other sender's ACK while that input waits. A failure is logged: the pool starts on first use."""
+        if self.workers == 0 or self._closed:
+            return
+        executor = self._pool()
+        loop = asyncio.get_running_loop()
+        try:
+            pids = await asyncio.gather(*(loop.run_in_executor(executor, _warm, modules) for _ in range(self.workers)))
+            self.warmed = set(pids)
+        except (BrokenProcessPool, ImportError, OSError) as exc:
+            log.error("intake parse pool not started; it starts on the first large input", extra={"error": repr(exc)})
+            if self._executor is executor:
+                self._executor = None
+                executor.shutdown(wait=False, cancel_futures=True)
+
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._executor = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+            )
         return self._executor
 
     async def run(self, fn: Callable[..., T], *args: Any, size: int) -> T:

@@ -19,6 +19,9 @@ from .mllp_server import MllpServer
 from .offload import ParsePool
 from .policy import load_policy
 
+# What the parse pool's workers run (hl7_scan.scan_frame, fhir_parse.read_*): imported when they start.
+POOLED_MODULES = ("services.intake.hl7_scan", "services.intake.fhir_parse")
+
 
 class IntakeService:
     """Owns intake's moving parts. ``start`` opens the MLLP port; the HTTP app is served separately."""
@@ -28,7 +31,10 @@ class IntakeService:
         self.store = store
         self.clock = clock  # the API built over this service gives its pathway the same clock
         self.committer = GroupCommitter(
-            store.messages, max_batch=settings.commit_max_batch, max_concurrent=settings.commit_max_concurrent
+            store.messages,
+            max_batch=settings.commit_max_batch,
+            max_concurrent=settings.commit_max_concurrent,
+            large_bytes=settings.intake_offload_bytes,
         )
         config = IntakeConfig(
             settings.receiving_application,
@@ -49,6 +55,8 @@ class IntakeService:
 
     async def start(self, *, mllp: bool = True) -> None:
         await self.committer.start()
+        if self.settings.intake_parse_pool_warm:  # workers up before the first large input needs them
+            await self.pool.warm(POOLED_MODULES)
         if mllp:
             await self.mllp.start(self.settings.mllp_host, self.settings.mllp_port)
 
