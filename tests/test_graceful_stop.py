@@ -143,6 +143,48 @@ async def test_intake_answers_what_it_has_read_keeps_a_half_frame_and_exits_0(
     assert b"STOP00099" not in received and END_BLOCK not in kept["raw"]
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_intake_killed_leaves_no_parse_pool_worker_behind(
+    mongodb_uri: str, settings: Settings, store: Store
+) -> None:
+    """kill -9 runs no shutdown: the pool's workers notice their parent is gone and end."""
+    env = part_env(mongodb_uri, settings, MSCC_MLLP_PORT=str(free_port()), MSCC_HTTP_PORT=str(free_port()))
+    with part(env, "intake") as process:
+        await wait_for_line(process, "intake ready")
+        workers = _children(process.pid)
+        assert len(workers) >= 2, workers  # the parse pool's two workers (and their resource tracker)
+        process.kill()
+        process.wait(timeout=10)
+    for _ in range(50):  # the workers look for their parent once a second
+        running = [pid for pid in workers if _running(pid)]
+        if not running:
+            break
+        await asyncio.sleep(0.2)
+    assert not running, workers
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting to be reaped has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 # --- mapper ------------------------------------------------------------------------------------------
 
 

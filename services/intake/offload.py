@@ -22,6 +22,8 @@ import importlib
 import logging
 import multiprocessing
 import os
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -57,18 +59,33 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
 WORKER_NICENESS = 10
 
 
-def _lower_priority() -> None:
-    """Run as each worker starts: a lower CPU priority than the event loop's process. Reading a large
-    input is batch work; on a busy machine the scheduler then runs the loop (small ACKs, a few hundred
-    microseconds each) as soon as it has something to do, instead of sharing time slices with a worker."""
+PARENT_CHECK_S = 1.0
+
+
+def _worker_started(parent: int, modules: tuple[str, ...]) -> None:
+    """Run as each worker starts (``parent``: intake's process id).
+
+    A lower CPU priority than the event loop's process: reading a large input is batch work; on a busy
+    machine the scheduler then runs the loop (small ACKs, a few hundred microseconds each) as soon as
+    it has something to do, instead of sharing time slices with a worker.
+
+    The worker ends when intake does: a killed intake (``kill -9``: no shutdown runs) would otherwise
+    leave its workers running for good, a set more at each restart. Then it imports ``modules``, what
+    the pooled functions need, so that no input waits for that."""
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
 
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
 
-def _warm(modules: tuple[str, ...]) -> int:
-    """Run in a worker: import what the pooled functions need, before any input waits for it."""
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
     for name in modules:
         importlib.import_module(name)
+
+
+def _ready() -> int:
     return os.getpid()
 
 
@@ -76,9 +93,10 @@ class ParsePool:
     """Runs ``fn(*args)`` in a worker process when ``size`` is at least ``threshold`` bytes and the pool
     has workers; inline otherwise. A pool whose worker died is replaced, and that input read inline."""
 
-    def __init__(self, workers: int, threshold: int) -> None:
+    def __init__(self, workers: int, threshold: int, modules: tuple[str, ...] = ()) -> None:
         self.workers = workers
         self.threshold = threshold
+        self.modules = modules  # imported by each worker as it starts
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False  # after shutdown: inline, never a new pool
         self.submitted = 0  # inputs sent to a worker (for tests and the bench)
@@ -88,16 +106,17 @@ class ParsePool:
     def pooled(self, size: int) -> bool:
         return self.workers > 0 and size >= self.threshold and not self._closed
 
-    async def warm(self, modules: tuple[str, ...]) -> None:
-        """Start every worker and import ``modules`` in it now. Spawning a worker and importing the FHIR
-        models takes a second or two of CPU; done on the first large input instead, it would slow every
-        other sender's ACK while that input waits. A failure is logged: the pool starts on first use."""
+    async def warm(self) -> None:
+        """Start every worker now (each imports ``modules`` as it starts). Spawning a worker and
+        importing the FHIR models takes a second or two of CPU; done on the first large input instead,
+        it would slow every other sender's ACK while that input waits. A failure is logged: the pool
+        then starts on first use."""
         if self.workers == 0 or self._closed:
             return
         executor = self._pool()
         loop = asyncio.get_running_loop()
         try:
-            pids = await asyncio.gather(*(loop.run_in_executor(executor, _warm, modules) for _ in range(self.workers)))
+            pids = await asyncio.gather(*(loop.run_in_executor(executor, _ready) for _ in range(self.workers)))
             self.warmed = set(pids)
         except (BrokenProcessPool, ImportError, OSError) as exc:
             log.error("intake parse pool not started; it starts on the first large input", extra={"error": repr(exc)})
@@ -108,7 +127,10 @@ class ParsePool:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_started,
+                initargs=(os.getpid(), self.modules),
             )
         return self._executor
 

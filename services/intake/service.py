@@ -44,7 +44,7 @@ class IntakeService:
             Limits.from_settings(settings),
         )
         # Large inputs are read in worker processes, off the event loop (offload.py); started on first use.
-        self.pool = ParsePool(settings.intake_parse_pool, settings.intake_offload_bytes)
+        self.pool = ParsePool(settings.intake_parse_pool, settings.intake_offload_bytes, POOLED_MODULES)
         self.hl7 = Hl7Intake(self.committer, load_policy(settings.senders_file), config, clock, self.pool)
         self.fhir = FhirIntake(
             store, self.committer, settings.base_url, clock, settings.receiving_facility, config.limits, self.pool
@@ -56,7 +56,7 @@ class IntakeService:
     async def start(self, *, mllp: bool = True) -> None:
         await self.committer.start()
         if self.settings.intake_parse_pool_warm:  # workers up before the first large input needs them
-            await self.pool.warm(POOLED_MODULES)
+            await self.pool.warm()
         if mllp:
             await self.mllp.start(self.settings.mllp_host, self.settings.mllp_port)
 
