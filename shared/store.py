@@ -30,8 +30,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from pymongo.write_concern import WriteConcern
 
+from . import mongo_sockets
 from .audit_log import COLLECTION as AUDIT_COLLECTION
 from .audit_log import ensure_indexes as ensure_audit_indexes
+
+mongo_sockets.install()  # a cancelled connect closes its socket (pymongo 4.13 leaves it to the collector)
 
 Document = dict[str, Any]
 DURABLE = WriteConcern(w="majority", j=True)

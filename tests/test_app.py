@@ -4,10 +4,8 @@ authentication refusals, and answers when the database cannot be reached (a real
 
 from __future__ import annotations
 
-import gc
 import json
 import socket
-import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -285,20 +283,7 @@ async def down_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield http
     finally:
         await service.stop()
-        await _close_unreachable(client)
-
-
-async def _close_unreachable(client: AsyncMongoClient[Document]) -> None:
-    """Close a client whose server never answered.
-
-    pymongo 4.13 leaks the socket of a connect that ``close()`` cancels (PYTHON-5867, fixed upstream in
-    mongodb/mongo-python-driver#2858); its ResourceWarning would surface in some later test. Only that
-    warning, only here, is ignored, and the garbage is collected now rather than later.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        await client.close()
-        gc.collect()
+        await client.close()  # a monitor cancelled mid-connect closes its socket (shared/mongo_sockets.py)
 
 
 async def test_readyz_is_503_when_the_store_is_unreachable(down_http: httpx.AsyncClient) -> None:
