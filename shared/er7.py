@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 _HEADER = re.compile(rb"(?:MSH|BHS|FHS)(.)", re.DOTALL)
 _SEGMENT_START = re.compile(rb"[A-Z][A-Z0-9]{2}")
@@ -47,9 +48,11 @@ class Separators:
 DEFAULT_SEPARATORS = Separators()
 
 
-@dataclass(frozen=True)
-class SegmentSpan:
-    """Where one non-empty segment lies in a message's bytes: ``data[start:end]``, terminator to ``stop``."""
+class SegmentSpan(NamedTuple):
+    """Where one non-empty segment lies in a message's bytes: ``data[start:end]``, terminator to ``stop``.
+
+    A named tuple, not a dataclass: a message has one per segment, and intake makes them for every
+    message it reads."""
 
     start: int
     end: int
@@ -97,7 +100,8 @@ def _cr_spans(data: bytes, start: int) -> list[SegmentSpan]:
         end = pos + len(piece)
         if piece and not piece.isspace():
             lead = len(piece) - len(piece.lstrip(b" \t"))
-            spans.append(SegmentSpan(pos + lead, end, min(end + 1, size)))
+            stop = end + 1 if end < size else size  # the last piece has no CR after it
+            spans.append(SegmentSpan(pos + lead, end, stop))
         pos = end + 1
     return spans
 

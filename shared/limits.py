@@ -136,6 +136,8 @@ def segments_over(data: bytes, limit: int) -> int | None:
     just past it). Counting bytes, not parsing: every non-blank line counts (a CR, LF or CRLF ends
     one); a message over the limit only by lines that a line feed inside a field makes is counted again
     exactly (``er7.segment_spans``), so text wrapped with line feeds never counts against it."""
+    if len(data) < limit:
+        return None  # fewer bytes than the limit: fewer line ends too
     if data.count(b"\r") + data.count(b"\n") < limit:
         return None
     count = 0
@@ -165,6 +167,8 @@ def separators(data: bytes) -> tuple[bytes, bytes] | None:
 def repetitions_over(data: bytes, limit: int) -> tuple[int, str] | None:
     """The repetitions of the first field of ``data`` with more than ``limit``, and where it is
     (``PID-3``); None when there is none. The common case is one count of the separator in the bytes."""
+    if len(data) < limit:
+        return None  # fewer bytes than the limit: fewer repetitions too
     found = separators(data)
     if found is None:
         return None
@@ -240,6 +244,10 @@ def check_hl7_message(raw: bytes, text: str, segments: int, limits: Limits) -> L
             record,
             "the message's record (its bytes and decoded text) would be larger than the limit, in bytes",
         )
+    if hl7_write_bytes(size, segments, len(raw), len(raw)) <= limits.transaction_bytes:
+        # Repetitions and the header's size are at most the message's bytes: if the estimate fits even
+        # with those, they need not be counted (the common case, a message of a few kilobytes).
+        return None
     written = hl7_write_bytes(size, segments, repetition_count(raw), header_bytes(raw))
     if written > limits.transaction_bytes:
         return LimitExceeded(

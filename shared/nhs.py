@@ -6,6 +6,7 @@ Nothing here raises: every check answers True/False, so callers decide what an i
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,7 @@ def nhs_check_digit(first_nine: str) -> int | None:
     the input is not nine digits."""
     if len(first_nine) != 9 or not first_nine.isascii() or not first_nine.isdigit():
         return None
-    remainder = sum(int(d) * w for d, w in zip(first_nine, _WEIGHTS, strict=True)) % 11
+    remainder = sum(map(operator.mul, map(int, first_nine), _WEIGHTS)) % 11  # each digit times its weight
     check = 11 - remainder
     if check == 11:
         return 0

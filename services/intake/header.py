@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from shared.er7 import UTF8_BOM, SegmentSpan, Separators, first_component
@@ -82,10 +83,53 @@ class Issue:
 
 @dataclass(frozen=True)
 class MessageHeader:
-    """What intake reads from MSH before acknowledging."""
+    """What intake reads from MSH before acknowledging.
+
+    The values intake, the sender policy and the ACK ask for many times per message (``sending_facility``,
+    ``version``…) are read from the fields once, when the header is made.
+    """
 
     separators: Separators
     fields: tuple[str, ...]  # MSH-1 .. MSH-n, index 0 is MSH-1
+    sending_application: str = field(init=False, repr=False, compare=False)  # MSH-3.1
+    sending_facility: str = field(init=False, repr=False, compare=False)  # MSH-4.1
+    message_code: str = field(init=False, repr=False, compare=False)  # MSH-9.1
+    trigger_event: str = field(init=False, repr=False, compare=False)  # MSH-9.2
+    message_type: str = field(init=False, repr=False, compare=False)  # "ADT^A01", or the code alone
+    control_id: str = field(init=False, repr=False, compare=False)  # MSH-10
+    processing_id: str = field(init=False, repr=False, compare=False)  # MSH-11.1
+    # MSH-12's version id: its leading ``d.d[.d]`` (anything after it is reported, not trusted).
+    version: str = field(init=False, repr=False, compare=False)
+    # MSH-15 and MSH-16 if they are table 0155 codes (AL, NE, ER, SU); blank or other values count as empty.
+    accept_ack_type: str = field(init=False, repr=False, compare=False)
+    application_ack_type: str = field(init=False, repr=False, compare=False)
+    # Enhanced acknowledgement mode when MSH-15 or MSH-16 holds a table 0155 code (HL7 v2 2.9.3).
+    enhanced_mode: bool = field(init=False, repr=False, compare=False)
+    charset: str = field(init=False, repr=False, compare=False)  # MSH-18, its first repetition
+
+    def __post_init__(self) -> None:
+        message_code = self.first(9)
+        msh9 = self.get(9).split(self.separators.component)
+        trigger_event = msh9[1] if len(msh9) > 1 else ""
+        msh12 = self.first(12).strip()
+        version = _VERSION.match(msh12)
+        accept_ack_type = _ack_type(self.get(15))
+        application_ack_type = _ack_type(self.get(16))
+        values = {
+            "sending_application": self.first(3),
+            "sending_facility": self.first(4),
+            "message_code": message_code,
+            "trigger_event": trigger_event,
+            "message_type": f"{message_code}^{trigger_event}" if trigger_event else message_code,
+            "control_id": self.get(10),
+            "processing_id": self.first(11),
+            "version": version.group(0) if version else msh12,
+            "accept_ack_type": accept_ack_type,
+            "application_ack_type": application_ack_type,
+            "enhanced_mode": bool(accept_ack_type or application_ack_type),
+            "charset": self.get(18).split(self.separators.repetition, 1)[0].strip().upper(),
+        }
+        self.__dict__.update(values)  # frozen: the derived fields are set once, here
 
     def get(self, number: int) -> str:
         return self.fields[number - 1] if number <= len(self.fields) else ""
@@ -93,63 +137,8 @@ class MessageHeader:
     def first(self, number: int) -> str:
         return first_component(self.get(number), self.separators)
 
-    @property
-    def sending_application(self) -> str:
-        return self.first(3)
-
-    @property
-    def sending_facility(self) -> str:
-        return self.first(4)
-
-    @property
-    def message_code(self) -> str:
-        return self.first(9)
-
-    @property
-    def trigger_event(self) -> str:
-        parts = self.get(9).split(self.separators.component)
-        return parts[1] if len(parts) > 1 else ""
-
-    @property
-    def message_type(self) -> str:
-        return f"{self.message_code}^{self.trigger_event}" if self.trigger_event else self.message_code
-
-    @property
-    def control_id(self) -> str:
-        return self.get(10)
-
-    @property
-    def processing_id(self) -> str:
-        return self.first(11)
-
-    @property
-    def version(self) -> str:
-        """MSH-12's version id: its leading ``d.d[.d]`` (anything after it is reported, not trusted)."""
-        raw = self.first(12).strip()
-        match = _VERSION.match(raw)
-        return match.group(0) if match else raw
-
-    @property
-    def accept_ack_type(self) -> str:
-        """MSH-15 if it is a table 0155 code (AL, NE, ER, SU); blank or other values count as empty."""
-        value = self.get(15).strip().upper()
-        return value if value in ACK_TYPES else ""
-
-    @property
-    def application_ack_type(self) -> str:
-        value = self.get(16).strip().upper()
-        return value if value in ACK_TYPES else ""
-
-    @property
-    def enhanced_mode(self) -> bool:
-        """Enhanced acknowledgement mode when MSH-15 or MSH-16 holds a table 0155 code (HL7 v2 2.9.3)."""
-        return bool(self.accept_ack_type or self.application_ack_type)
-
-    @property
-    def charset(self) -> str:
-        return self.get(18).split(self.separators.repetition, 1)[0].strip().upper()
-
     def to_doc(self) -> dict[str, Any]:
+        msh9 = self.get(9).split(self.separators.component)
         return {
             "sending_application": self.sending_application,
             "sending_facility": self.sending_facility,
@@ -157,9 +146,7 @@ class MessageHeader:
             "receiving_facility": self.first(6),
             "datetime": self.get(7),
             "message_type": self.message_type,
-            "structure": self.get(9).split(self.separators.component)[2]
-            if self.get(9).count(self.separators.component) >= 2
-            else "",
+            "structure": msh9[2] if len(msh9) > 2 else "",
             "control_id": self.control_id,
             "processing_id": self.processing_id,
             "version": self.version,
@@ -167,6 +154,12 @@ class MessageHeader:
             "application_ack_type": self.application_ack_type,
             "charset": self.charset,
         }
+
+
+def _ack_type(value: str) -> str:
+    """An MSH-15/MSH-16 value if it is a table 0155 code, else empty."""
+    value = value.strip().upper()
+    return value if value in ACK_TYPES else ""
 
 
 @dataclass
@@ -177,6 +170,7 @@ class HeaderRead:
     issues: list[Issue] = field(default_factory=list)
 
 
+@cache  # called with an empty or a known version only (read_message refuses others first)
 def _msh_field_limit(version: str) -> int:
     """How many MSH fields a version defines; more means a missing segment terminator."""
     if not version:
@@ -212,7 +206,7 @@ def parse_separators(msh: str, issues: list[Issue] | None = None) -> Separators:
             f"MSH-2 encoding characters {enc!r} must be 4 characters (5 with the truncation character '#')",
             location="MSH-2",
         )
-    if len(set(enc + fs)) != len(enc) + 1 or any(c.isspace() for c in enc):
+    if len(set(enc + fs)) != len(enc) + 1 or any(map(str.isspace, enc)):
         raise Rejection(
             DATA_TYPE_ERROR,
             f"MSH-2 encoding characters {enc!r} repeat each other or the field separator {fs!r}",
@@ -268,16 +262,19 @@ def decode(
 def check_segments(data: bytes, spans: list[SegmentSpan], field_separator: bytes) -> None:
     """Every segment id must be 3 characters [A-Z][A-Z0-9]{2} followed by the field separator."""
     for number, span in enumerate(spans, start=1):
-        name = span.name(data)
-        after = data[span.start + 3 : min(span.start + 4, span.end)]
-        if not _SEGMENT_ID.fullmatch(name) or after not in (field_separator, b""):
-            shown = data[span.start : min(span.end, span.start + 20)].decode("latin-1")
-            raise Rejection(
-                SEGMENT_SEQUENCE_ERROR,
-                f"segment {number} starts {shown!r}, which is not a segment id: "
-                "is a segment terminator (CR) inside a field?",
-                location=f"segment {number}",
-            )
+        start = span.start
+        # The id, then the field separator, unless the segment ends with its id.
+        if _SEGMENT_ID.fullmatch(data, start, start + 3) and (
+            span.end <= start + 3 or data[start + 3 : start + 4] == field_separator
+        ):
+            continue
+        shown = data[start : min(span.end, start + 20)].decode("latin-1")
+        raise Rejection(
+            SEGMENT_SEQUENCE_ERROR,
+            f"segment {number} starts {shown!r}, which is not a segment id: "
+            "is a segment terminator (CR) inside a field?",
+            location=f"segment {number}",
+        )
 
 
 # PID fields an NHS number may sit in, and the CX markers that say a repetition is one (HL7 UK: CX.5
@@ -296,9 +293,11 @@ def nhs_number_issues(data: bytes, spans: list[SegmentSpan], seps: Separators) -
     Where a sender's configuration puts an unmarked NHS number elsewhere (e.g. a bare PID-2), only the
     mapper knows; it then warns on the message record. Never raises.
     """
-    pid = next((span for span in spans if span.name(data) == b"PID"), None)
-    if pid is None:
-        return []
+    for pid in spans:
+        if data.startswith(b"PID", pid.start):
+            break
+    else:
+        return []  # no PID
     segment = data[pid.start : pid.end]
     # Every marker contains "NH" ("NH", "NHSNMBR", "NHS"): without it there is nothing to check, and
     # the ACK path stays as cheap as it was. Only PID-1..3 are split off the rest.
@@ -312,9 +311,11 @@ def nhs_number_issues(data: bytes, spans: list[SegmentSpan], seps: Separators) -
         for rep in fields[number].split(seps.repetition):
             parts = rep.split(seps.component)
             value = parts[0].strip()
+            if not value:
+                continue
             kind = parts[4].strip().upper() if len(parts) > 4 else ""
             authority = parts[3].split(seps.subcomponent, 1)[0].strip().upper() if len(parts) > 3 else ""
-            if not value or (kind not in NHS_NUMBER_TYPES and authority != "NHS"):
+            if kind not in NHS_NUMBER_TYPES and authority != "NHS":
                 continue
             if not is_valid_nhs_number(normalise_nhs_number(value)):
                 issues.append(

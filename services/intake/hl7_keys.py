@@ -30,8 +30,8 @@ def content_digest(data: bytes, spans: list[SegmentSpan], header: MessageHeader)
     if len(msh) >= 7:
         msh[6] = ""
     digest.update(header.separators.field.join(msh[1:]).encode("utf-8", "surrogateescape"))
-    for span in spans[1:]:
-        digest.update(b"\r" + data[span.start : span.end])
+    # Every other segment after a CR, whatever ended it in the message.
+    digest.update(b"".join([b"\r" + data[span.start : span.end] for span in spans[1:]]))
     return digest.hexdigest()[:32]
 
 
