@@ -67,7 +67,8 @@ class ByteBudget:
 
     def _grant(self, size: int) -> None:
         self.used += size
-        self.stats.peak = max(self.stats.peak, self.used)
+        if self.used > self.stats.peak:
+            self.stats.peak = self.used
 
     async def _take(self, account: Account, size: int) -> None:
         # The reader finishing its message past the budget never queues behind readers that cannot fit.
@@ -99,6 +100,8 @@ class ByteBudget:
     def _wake(self) -> None:
         """Grant the reader finishing its message past the budget, then waiting readers in arrival order
         while they fit."""
+        if not self._waiters:  # the usual case: nobody waits
+            return
         self._waiters = deque(w for w in self._waiters if not w[2].done())
         for waiter in list(self._waiters):
             if waiter[0] is self._privileged and self._fits(waiter[0], waiter[1]):

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
@@ -43,6 +43,7 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from pymongo.errors import PyMongoError
 
 from .store import Store
@@ -84,6 +85,25 @@ class Bounded:
 SENDERS = Bounded()
 MESSAGE_TYPES = Bounded()
 
+MetricT = TypeVar("MetricT", bound=MetricWrapperBase)
+
+
+class Children(Generic[MetricT]):
+    """The children of a labelled metric, each kept once made: ``labels()`` checks and copies the label
+    values on every call, a child kept here costs one dictionary lookup (once per message on intake's
+    ACK path). It keeps no more children than the metric itself does."""
+
+    def __init__(self, metric: MetricT) -> None:
+        self._metric = metric
+        self._made: dict[tuple[str, ...], MetricT] = {}
+
+    def __call__(self, *values: str) -> MetricT:
+        child = self._made.get(values)
+        if child is None:
+            child = self._made[values] = self._metric.labels(*values)
+        return child
+
+
 MESSAGES_RECEIVED = Counter(
     "mscc_messages_received",
     "Inbound messages stored by intake (or not), by sender (MSH-4, or the caller's ODS code for FHIR), "
@@ -92,6 +112,7 @@ MESSAGES_RECEIVED = Counter(
     ["sender", "type", "channel", "status"],
     registry=REGISTRY,
 )
+RECEIVED = Children(MESSAGES_RECEIVED)  # MESSAGES_RECEIVED's child for (sender, type, channel, status)
 ACK_SECONDS = Histogram(
     "mscc_ack_seconds",
     "Seconds from receiving a message to its answer being ready: the ACK (mllp, http) or the FHIR answer (fhir)",

@@ -132,7 +132,8 @@ class GroupCommitter:
             (self._large if _bulk(doc) >= self._large_bytes else self._queue).put_nowait((doc, future))
             futures.append(future)
         try:
-            results = list(await asyncio.gather(*futures))
+            # One record (an MLLP message, most often): its own future, without gather's wrapping.
+            results = [await futures[0]] if len(futures) == 1 else list(await asyncio.gather(*futures))
         except StoreUnavailable:
             received.not_stored(docs)
             raise

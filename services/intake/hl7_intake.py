@@ -10,7 +10,7 @@ the failure is transient; a message the database can never store is refused (AR 
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -156,8 +156,15 @@ class IntakeConfig:
     limits: Limits = DEFAULT_LIMITS  # shared/limits.py: checked before the ACK
 
 
+# The version (4) and variant (RFC 4122) bits of a random UUID, as ``uuid.uuid4()`` sets them.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A random UUID (version 4) as 32 hex digits: ``uuid.uuid4().hex``, without building a ``UUID``
+    (a record id is made for every message)."""
+    return f"{int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET:032x}"
 
 
 class Hl7Intake:
@@ -176,11 +183,6 @@ class Hl7Intake:
         # Large frames are read in worker processes (offload.py); without a pool, inline.
         self._pool = pool or ParsePool(0, 0)
 
-    async def _scan(self, data: bytes, charset: str | None) -> FrameScan:
-        """What the frame's bytes alone decide (``hl7_scan``), in the parse pool when it is large."""
-        charsets = (self._config.default_charset, self._config.fallback_charset, charset)
-        return await self._pool.run(scan_frame, data, charsets, self._config.limits, size=len(data))
-
     def _arrival(self, channel: str, peer: str, caller: Caller, charset: str | None = None) -> Arrival:
         return Arrival(self._clock(), channel, peer, caller, charset)
 
@@ -196,7 +198,13 @@ class Hl7Intake:
     ) -> Reply:
         """Store one frame (a message or a batch) and return the acknowledgement to send."""
         arrival = Arrival(self._clock(), channel, peer, caller, charset, origin)
-        scan = await self._scan(data, charset)
+        # What the frame's bytes alone decide (``hl7_scan``): a large frame is read in the parse pool,
+        # a small one (nearly every frame) here, as the pool would read it, with no await in between.
+        charsets, limits = (self._config.default_charset, self._config.fallback_charset, charset), self._config.limits
+        if self._pool.pooled(len(data)):
+            scan: FrameScan = await self._pool.run(scan_frame, data, charsets, limits, size=len(data))
+        else:
+            scan = scan_frame(data, charsets, limits)
         if scan.refusal is not None:  # over a frame limit, or a malformed envelope (answered in original mode)
             rejection = scan.refusal.rejection()
             return await self._store_rejection(data, scan.header, rejection, arrival, original_mode=scan.envelope)

@@ -190,9 +190,14 @@ class MllpServer:
             else:
                 limit = self._settings.mllp_max_message_bytes
                 work = intake.receive_oversize(event.head, event.size, limit, channel="mllp", peer=peer, caller=caller)
+            ticket = account.hand_over(STORING_COST * size)
+
+            def finished(done: object) -> None:  # stored and answered, or failed: one callback, not two
+                ticket.release()
+                answered(done)
+
             task = asyncio.create_task(work)
-            task.add_done_callback(account.hand_over(STORING_COST * size).release)
-            task.add_done_callback(answered)
+            task.add_done_callback(finished)
             await replies.put(task)
         else:
             self.stats.junk += 1

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -61,25 +62,32 @@ class SenderRule:
 
     def check(self, header: MessageHeader) -> None:
         """Raise ``Rejection`` when this rule does not allow ``header``'s type or processing id."""
-        who = f"{header.sending_application or '?'}@{header.sending_facility or '?'}"
-        if header.processing_id and header.processing_id not in self.processing_ids:
+        processing_id = header.processing_id
+        if processing_id and processing_id not in self.processing_ids:
             raise Rejection(
                 UNSUPPORTED_PROCESSING_ID,
-                f"processing id {header.processing_id!r} (MSH-11) is not accepted from {who}; "
+                f"processing id {processing_id!r} (MSH-11) is not accepted from {_who(header)}; "
                 f"allowed: {', '.join(self.processing_ids)}",
                 location="MSH-11",
             )
         allowed = self.message_types
+        if "*" in allowed:  # any type (the default): nothing more of the header to read
+            return
         code, event = header.message_code, header.trigger_event
-        if "*" in allowed or f"{code}^*" in allowed or f"{code}^{event}" in allowed or (not event and code in allowed):
+        if f"{code}^*" in allowed or f"{code}^{event}" in allowed or (not event and code in allowed):
             return
         code_known = any(t.split("^", 1)[0] == code for t in allowed)
         raise Rejection(
             UNSUPPORTED_EVENT if code_known else UNSUPPORTED_MESSAGE_TYPE,
-            f"message type {header.message_type or '(empty)'} is not accepted from {who}; "
+            f"message type {header.message_type or '(empty)'} is not accepted from {_who(header)}; "
             f"allowed: {', '.join(allowed)}",
             location="MSH-9",
         )
+
+
+def _who(header: MessageHeader) -> str:
+    """The sender, as a rejection names it: ``MSH-3@MSH-4``."""
+    return f"{header.sending_application or '?'}@{header.sending_facility or '?'}"
 
 
 @dataclass(frozen=True)
@@ -96,12 +104,20 @@ class SenderPolicy:
     def check(self, header: MessageHeader) -> None:
         self.rule_for(header).check(header)
 
+    @cached_property
+    def _guarded(self) -> frozenset[str]:
+        """The listeners some rule (``default`` included) gives an allow-list."""
+        return frozenset(name for rule in (self.default, *self.senders) for name, _ in rule.origins)
+
+    @cached_property
+    def _aliased(self) -> tuple[SenderRule, ...]:
+        """The sender rules that name an ``ods_code``, in order."""
+        return tuple(rule for rule in self.senders if rule.ods_code)
+
     def check_origin(self, header: MessageHeader, origin: Origin | None) -> None:
         """``Rejection`` (AR) when the listener has an allow-list and ``header``'s sender may not send
         from ``origin``'s address or certificate."""
-        if origin is None or not any(
-            origin.listener == name for r in (self.default, *self.senders) for name, _ in r.origins
-        ):
+        if origin is None or origin.listener not in self._guarded:
             return
         allowed = dict(self.rule_for(header).origins).get(origin.listener)
         if allowed is not None and allowed.admits(origin):
@@ -117,7 +133,7 @@ class SenderPolicy:
     def trust_of(self, header: MessageHeader) -> str:
         """The ODS code of the organisation a message speaks for: the ``ods_code`` of the sender rule
         it matches, else its MSH-4.1, upper case ("" when MSH-4 is empty)."""
-        alias = next((rule.ods_code for rule in self.senders if rule.ods_code and rule.matches(header)), "")
+        alias = next((rule.ods_code for rule in self._aliased if rule.matches(header)), "")
         return (alias or header.sending_facility).strip().upper()
 
 

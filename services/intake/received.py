@@ -14,7 +14,7 @@ from typing import Any
 
 from shared import correlation
 from shared.messages import FHIR, HL7V2_BATCH
-from shared.metrics import MESSAGE_TYPES, MESSAGES_RECEIVED, SENDERS
+from shared.metrics import MESSAGE_TYPES, RECEIVED, SENDERS
 from shared.store import Document
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def count(doc: Document, *, inserted: bool = True) -> None:
         return  # a batch's envelope: its messages are counted one by one
     status = STATUSES.get(str(doc.get("status")), "accepted") if inserted else "duplicate"
     sender, kind, channel = _labels(doc)
-    MESSAGES_RECEIVED.labels(sender, kind, channel, status).inc()
+    RECEIVED(sender, kind, channel, status).inc()
     if log.isEnabledFor(logging.INFO):
         extra = {
             correlation.FIELD: correlation.of_message(doc),
@@ -64,14 +64,14 @@ def not_stored(docs: Sequence[Document]) -> None:
     """Count records the database did not confirm (the sender is asked to resend, or refused)."""
     for doc in docs:
         if doc.get("protocol") != HL7V2_BATCH:
-            MESSAGES_RECEIVED.labels(*_labels(doc), "not_stored").inc()
+            RECEIVED(*_labels(doc), "not_stored").inc()
 
 
 def count_duplicate_create(resource_type: str, ods_code: str, resource_id: object) -> None:
     """Count a FHIR create answered with the resource already stored (the same create again): nothing
     new is written, so there is no record to count."""
     sender, kind = SENDERS(ods_code), MESSAGE_TYPES(resource_type)
-    MESSAGES_RECEIVED.labels(sender, kind, "fhir", "duplicate").inc()
+    RECEIVED(sender, kind, "fhir", "duplicate").inc()
     log.info(
         "message received",
         extra={"status": "duplicate", "sender": sender, "type": kind, "channel": "fhir", "resource": resource_id},
