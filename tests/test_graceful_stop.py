@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import running
 from receivers import loopback_settings, notification_type, rest_hook_channel, serve_http, subscription_body
 
 from services.intake.service import IntakeService
@@ -169,20 +170,11 @@ async def test_intake_killed_leaves_no_parse_pool_worker_behind(
         process.kill()
         process.wait(timeout=10)
     for _ in range(50):  # the workers look for their parent once a second
-        running = [pid for pid in workers if _running(pid)]
+        running = [pid for pid in workers if running(pid)]
         if not running:
             break
         await asyncio.sleep(0.2)
     assert not running, workers
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie waiting to be reaped has ended)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 # --- mapper ------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import running
 from pymongo import AsyncMongoClient, monitoring
 
 from services.api.app import create_app
@@ -65,6 +65,20 @@ def tiny_segments(size: int) -> bytes:
     """An HL7v2 message of ``size`` bytes made of tiny NTE segments."""
     head = small("LARGE-1")
     return head + b"NTE|1\r" * ((size - len(head)) // 6)
+
+
+def many_objects() -> bytes:
+    """A FHIR ServiceRequest of 300,000 small objects (seconds to validate)."""
+    return json.dumps(
+        {
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": "Patient/1"},
+            "note": [{"text": "x"} for _ in range(300_000)],
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def msa(reply: bytes) -> str:
@@ -129,16 +143,7 @@ async def test_a_small_message_is_answered_while_a_fhir_body_of_300000_objects_i
     pooled_defaults: IntakeService, store: Store
 ) -> None:
     pooled = pooled_defaults
-    body = json.dumps(
-        {
-            "resourceType": "ServiceRequest",
-            "status": "active",
-            "intent": "order",
-            "subject": {"reference": "Patient/1"},
-            "note": [{"text": "x"} for _ in range(300_000)],
-        },
-        separators=(",", ":"),
-    ).encode()
+    body = many_objects()
     assert len(body) < pooled.settings.mllp_max_message_bytes
     transport = httpx.ASGITransport(app=create_app(pooled))
     async with httpx.AsyncClient(transport=transport, base_url="http://hub.test", timeout=120) as http:
@@ -158,16 +163,7 @@ async def test_a_small_message_is_answered_while_a_fhir_body_of_300000_objects_i
 async def test_a_create_larger_than_a_database_transaction_is_413_and_kept(pooled: IntakeService, store: Store) -> None:
     """Limits raised past what MongoDB 4.0 takes in one transaction (16 MiB): the database refuses the
     write, and the answer is a 413 naming the setting, never a 500, with the body kept."""
-    body = json.dumps(
-        {
-            "resourceType": "ServiceRequest",
-            "status": "active",
-            "intent": "order",
-            "subject": {"reference": "Patient/1"},
-            "note": [{"text": "x"} for _ in range(300_000)],
-        },
-        separators=(",", ":"),
-    ).encode()
+    body = many_objects()
     assert (await store.db.command("buildInfo"))["versionArray"][:2] == [4, 0]  # the suite's pinned mongod
     transport = httpx.ASGITransport(app=create_app(pooled))
     async with httpx.AsyncClient(transport=transport, base_url="http://hub.test", timeout=120) as http:
@@ -313,19 +309,10 @@ async def test_the_pool_workers_start_with_intake_when_asked(settings: Settings,
     await service.start()
     try:
         assert service.pool.warmed and service.pool.submitted == 0
-        for pid in service.pool.warmed:
-            os.kill(pid, 0)  # alive (raises if not)
+        assert all(running(pid) for pid in service.pool.warmed)
         wide = small("WARM-1") + (b"NTE|1||" + b"x" * 500 + b"\r") * 140  # 70 KB: read in the pool
         reply, _ = await acknowledged(service.mllp.port, wide)
         assert msa(reply) == "AA" and service.pool.offloaded == 1
     finally:
         await service.stop()
-    assert all(not _alive(pid) for pid in service.pool.warmed)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    assert not [pid for pid in service.pool.warmed if running(pid)]
