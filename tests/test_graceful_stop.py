@@ -170,11 +170,11 @@ async def test_intake_killed_leaves_no_parse_pool_worker_behind(
         process.kill()
         process.wait(timeout=10)
     for _ in range(50):  # the workers look for their parent once a second
-        running = [pid for pid in workers if running(pid)]
-        if not running:
+        left = [pid for pid in workers if running(pid)]
+        if not left:
             break
         await asyncio.sleep(0.2)
-    assert not running, workers
+    assert not left, workers
 
 
 # --- mapper ------------------------------------------------------------------------------------------
