@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import serve_app
+from helpers import app_client, serve_app
 
 from services import audit_tools, cli
 from services.api.app import create_app
@@ -23,7 +23,6 @@ from shared.fhir import validate
 from shared.nhs import NHS_NUMBER_SYSTEM
 from shared.settings import Settings
 from shared.store import Store
-from tests.helpers import app_client
 
 FHIR = {"Content-Type": "application/fhir+json"}
 BALP = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit."

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fhir_referrals import referral as trust_referral
 from pymongo.errors import (
     AutoReconnect,
     DocumentTooLarge,
@@ -30,7 +31,6 @@ from shared.fhir import FHIR_JSON, FhirError, parse_json
 from shared.ids import MAX_KEY_BYTES, fitting_key
 from shared.settings import Settings
 from shared.store import Store
-from tests.fhir_referrals import referral as trust_referral
 
 FHIR = {"Content-Type": FHIR_JSON}
 HL7 = {"Content-Type": "application/hl7-v2"}
