@@ -40,6 +40,7 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge
 from .db_errors import TOO_LARGE_CODES as DOCUMENT_TOO_LARGE_CODES
 from .db_errors import TRANSACTION_TOO_LARGE
 from .er7 import segment_spans
+from .messages import kept_bytes
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -363,8 +364,7 @@ def check_fhir_bytes(body: bytes, limits: Limits) -> LimitExceeded | None:
 
 def record_write_bytes(record: dict[str, Any]) -> int:
     """The write estimate of a stored message record, as the mapper packs transactions by it."""
-    raw = record.get("raw")
-    raw = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
+    raw = kept_bytes(record) or b""
     if record.get("protocol") == "fhir":
         plan = (record.get("fhir") or {}).get("entries") or []
         deriving = sum(1 for item in plan if isinstance(item, dict) and item.get("type") in DERIVING_TYPES)

@@ -7,6 +7,14 @@ operator tools read them with ``from_doc``. ``from_doc`` raises ``KeyError`` (or
 document is not a message record (no ``_id``, ``received_at`` or ``protocol``); every other field may be
 missing, as in a read that projects out ``raw`` and ``text``.
 
+A large record keeps its bytes once. Every HL7v2 record also keeps its ``text`` (the bytes decoded, for
+the mapper and for searching), so a 4 MB message would otherwise be written, journaled and replicated
+as 8 MB, and the database's work on it holds up every small record committed meanwhile. A record of at
+least ``RAW_FROM_TEXT_BYTES`` whose text encodes back to exactly its bytes with one codec stores
+``raw_from_text: codec`` instead of ``raw``; ``from_doc`` rebuilds ``raw`` from ``text``, byte for byte
+(``kept_bytes`` does the same for a plain document). Intake sets it only after checking the encoding
+round trip (a refused record's text is its bytes read as latin-1, which always round-trips).
+
 A round trip keeps a stored document exactly (``to_doc(from_doc(doc))`` encodes to the same BSON): the
 field order of the document read is kept, and fields this module does not name are kept in ``extra``.
 A field whose value is None is not written, except where None is itself stored: ``caller`` and
@@ -15,7 +23,7 @@ could not be read), ``ack`` on every HL7v2 record (None: bytes kept without an a
 
 Document::
 
-    messages  {_id, received_at, protocol, channel, peer, caller, raw, size, attempts, status, [reason],
+    messages  {_id, received_at, protocol, channel, peer, caller, raw | raw_from_text, size, attempts, status, [reason],
                [http_status], header, text, charset, issues, [control_key], ack, [dedup_key], [batch],
                [children], [fhir], [reply], [truncated], [processing], [duplicates], [last_duplicate_at],
                [lease], [map_attempts], [next_attempt_at], [review], [reprocessed], ...}
@@ -44,6 +52,7 @@ _FIELDS = (
     "peer",
     "caller",
     "raw",
+    "raw_from_text",
     "size",
     "attempts",
     "status",
@@ -71,6 +80,29 @@ _FIELDS = (
     "reprocessed",
 )
 _KNOWN = frozenset(_FIELDS)
+
+# From this size on, a record whose text encodes back to its exact bytes keeps only the text.
+RAW_FROM_TEXT_BYTES = 64 * 1024
+
+
+def kept_bytes(doc: Document) -> bytes | None:
+    """The exact bytes a stored message document keeps: ``raw``, or its text encoded back when it
+    stores ``raw_from_text``; None when neither was read."""
+    raw = doc.get("raw")
+    if isinstance(raw, bytes):
+        return raw
+    codec, text = doc.get("raw_from_text"), doc.get("text")
+    if isinstance(codec, str) and isinstance(text, str):
+        return text.encode(codec)
+    return None
+
+
+def text_encodes_to(text: str, codec: str, raw: bytes) -> bool:
+    """Whether ``text`` encoded with ``codec`` gives back exactly ``raw`` (so ``raw`` need not be kept)."""
+    try:
+        return text.encode(codec) == raw
+    except (UnicodeError, LookupError):
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +201,7 @@ class MessageRecord:
     next_attempt_at: datetime | None = None
     review: dict[str, Any] | None = None
     reprocessed: dict[str, Any] | None = None  # {at, outcome, records}: the operator ran it again
+    raw_from_text: str | None = None  # the codec that rebuilds ``raw`` from ``text``, when raw is not stored
     extra: dict[str, Any] = field(default_factory=dict)
     order: tuple[str, ...] | None = None  # the field order of the document read
 
@@ -202,7 +235,7 @@ class MessageRecord:
             channel=doc.get("channel", ""),
             peer=doc.get("peer", ""),
             caller=doc.get("caller"),
-            raw=doc.get("raw"),
+            raw=kept_bytes(doc),
             status=doc.get("status", ""),
             issues=doc.get("issues") or [],
             text=doc.get("text"),
@@ -228,6 +261,7 @@ class MessageRecord:
             next_attempt_at=doc.get("next_attempt_at"),
             review=doc.get("review"),
             reprocessed=doc.get("reprocessed"),
+            raw_from_text=doc.get("raw_from_text"),
             extra={k: v for k, v in doc.items() if k not in _KNOWN},
             order=tuple(doc),
         )
@@ -242,7 +276,9 @@ class MessageRecord:
             "peer": self.peer,
             "caller": self.caller,
         }
-        if self.raw is not None:
+        if self.raw_from_text is not None:
+            doc["raw_from_text"] = self.raw_from_text
+        elif self.raw is not None:
             doc["raw"] = self.raw
         if self.size is not None:
             doc["size"] = self.size

@@ -14,9 +14,9 @@ the whole read bounded by ``MSCC_METRICS_TIMEOUT_S``, so a scrape never waits lo
 from its ``TaskRegistry`` (last completed cycle, restarts, health).
 
 The HTTP process serves them on ``/metrics``; a process without the HTTP API (``mscc mapper``, ``mscc
-notifier``) serves them on ``MSCC_METRICS_PORT`` with prometheus_client's own small server (standard
-library, in a thread), which runs the database reads on the process's event loop. ``docs/operations.md``
-lists every metric.
+notifier``) serves them on ``MSCC_METRICS_PORT`` with the standard library's small server, in a thread
+(``shared/metrics_http.py``: ``/metrics`` and nothing else), which runs the database reads on the
+process's event loop. ``docs/operations.md`` lists every metric.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
-    start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from pymongo.errors import PyMongoError
 
+from .metrics_http import serve
 from .store import Store
 from .supervision import TaskRegistry
 
@@ -283,7 +283,7 @@ class MetricsServer:
     @classmethod
     def start(cls, host: str, port: int, scrape: Scrape) -> MetricsServer:
         """Listen now (port 0: a free one); call from the event loop that ``scrape`` reads on."""
-        server, _ = start_http_server(port, host, registry=_OnLoop(scrape, asyncio.get_running_loop()))
+        server = serve(host, port, _OnLoop(scrape, asyncio.get_running_loop()))
         log.info("metrics listening", extra={"host": host, "port": int(server.server_address[1])})
         return cls(server)
 

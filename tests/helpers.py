@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
@@ -51,6 +52,22 @@ async def serve_app(app: Any, port: int | None = None) -> AsyncIterator[str]:
     finally:
         stop.set()
         await serving
+
+
+def on_free_port(settings: Settings) -> Settings:
+    """``settings`` whose public base URL is a free loopback port's, for a hub ``serve_hub`` serves there:
+    the links the hub writes, and the audience of client assertions, then lead back to it."""
+    return settings.model_copy(update={"public_base_url": f"http://127.0.0.1:{free_port()}"})
+
+
+@contextlib.asynccontextmanager
+async def serve_hub(intake: IntakeService) -> AsyncIterator[str]:
+    """Intake's HTTP application served by uvicorn at the address ``on_free_port`` gave its settings, until
+    the block ends; yields that base URL."""
+    public = urlsplit(intake.settings.public_base_url or "")
+    assert public.hostname == "127.0.0.1" and public.port, "serve_hub serves intake built from on_free_port"
+    async with serve_app(create_app(intake), public.port) as url:
+        yield url
 
 
 def running(pid: int) -> bool:

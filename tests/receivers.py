@@ -1,15 +1,18 @@
 """Loopback receivers and Subscription bodies shared by the notifier's end-to-end tests.
 
 Every receiver is a real server on 127.0.0.1 with a port the system picks (port 0), so tests never
-collide on a port; each test file keeps its own receiver class (what it records differs) and calls
-these helpers for the serving and the Subscription it posts.
+collide on a port. ``receiving()`` serves a ``Receiver`` that answers 200 and keeps every notification as
+it came, for tests that read what was delivered; a receiver that must answer otherwise (fail, stall,
+hang up) is a test file's own handler, served with ``serve_http``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -99,6 +102,66 @@ def notification_type(bundle: dict[str, Any]) -> str:
     return str(params["type"]["valueCode"])
 
 
+@dataclass(frozen=True)
+class Notification:
+    """One notification Bundle as a receiver got it: the path it was posted to, its type, the Bundle."""
+
+    path: str
+    kind: str
+    bundle: dict[str, Any]
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """The Bundle's first entry (the SubscriptionStatus)."""
+        return dict(self.bundle["entry"][0])
+
+    @property
+    def ids(self) -> list[str]:
+        """The id of every resource the Bundle carries after its status."""
+        return [e["resource"]["id"] for e in self.bundle.get("entry", [])[1:] if "resource" in e]
+
+
+class Receiver:
+    """A rest-hook receiver on loopback (see ``receiving``): every notification posted to it, in arrival
+    order. Its type is read on arrival, so a Bundle without one is answered 500, as a real receiver would."""
+
+    def __init__(self) -> None:
+        self.notifications: list[Notification] = []
+        self.base = ""  # http://127.0.0.1:port
+        self.url = ""  # the endpoint for a Subscription's channel: base + /hook
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        bundle = json.loads(await request.read())
+        self.notifications.append(Notification(request.path, notification_type(bundle), bundle))
+        return web.Response(status=200)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The type of every notification (handshake, event-notification, ...)."""
+        return [n.kind for n in self.notifications]
+
+    def ids(self) -> list[str]:
+        """The id of every resource any notification carried."""
+        return [i for n in self.notifications for i in n.ids]
+
+    def events(self, path: str | None = None) -> list[Notification]:
+        """The event notifications (those posted to ``path`` when it is given)."""
+        return [n for n in self.notifications if n.kind == "event-notification" and path in (None, n.path)]
+
+    def focus(self, path: str | None = None) -> list[dict[str, Any]]:
+        """The focus resource of each event notification (to ``path`` when given): full-resource content."""
+        return [n.bundle["entry"][1]["resource"] for n in self.events(path)]
+
+
+@asynccontextmanager
+async def receiving(route: str = "/hook") -> AsyncIterator[Receiver]:
+    """A ``Receiver`` served for POSTs to ``route`` (e.g. "/{path}" for any path) until the block ends."""
+    receiver = Receiver()
+    async with serve_http(receiver.handle, route) as base:
+        receiver.base, receiver.url = base, f"{base}/hook"
+        yield receiver
+
+
 def rest_hook_channel(endpoint: str, content: str = "full-resource") -> dict[str, Any]:
     """A rest-hook channel posting FHIR JSON with the backport payload content (`content`)."""
     return {
@@ -144,3 +207,18 @@ async def post_subscription(http: httpx.AsyncClient, body: dict[str, Any]) -> st
     created = await http.post("/fhir/Subscription", json=body, headers=FHIR_JSON)
     assert created.status_code == 201, created.text
     return str(created.json()["id"])
+
+
+async def subscribe_rest_hook(
+    http: httpx.AsyncClient,
+    settings: Settings,
+    url: str,
+    *,
+    reason: str,
+    topic: str = "referral-status",
+    filters: Sequence[str] = (RBL_REFERRALS,),
+) -> str:
+    """Subscribe ``url`` (a rest-hook, full-resource content) to ``topic`` through the FHIR API, with one
+    filter per ``filters``; fails the test unless it was created. Returns the Subscription's id."""
+    body = subscription_body(settings, rest_hook_channel(url), topic=topic, reason=reason, filters=filters)
+    return await post_subscription(http, body)

@@ -15,16 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
-from receivers import (
-    RBL_REFERRALS,
-    loopback_settings,
-    notification_type,
-    post_subscription,
-    rest_hook_channel,
-    serve_http,
-    subscription_body,
-)
+from receivers import Receiver, loopback_settings, receiving, subscribe_rest_hook
 
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
@@ -44,34 +35,14 @@ def settings(settings: Settings) -> Settings:
     )
 
 
-class Receiver:
-    """A rest-hook receiver on loopback: the focus of every event notification, in arrival order."""
-
-    def __init__(self) -> None:
-        self.focus: list[dict[str, Any]] = []
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        bundle = json.loads(await request.read())
-        if notification_type(bundle) == "event-notification":
-            self.focus.append(bundle["entry"][1]["resource"])
-        return web.Response(status=200)
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    async with serve_http(rec.handle) as base:
-        rec.url = f"{base}/hook"
+    async with receiving() as rec:
         yield rec
 
 
 async def subscribe(http: httpx.AsyncClient, settings: Settings, url: str) -> None:
-    reason = "Wirral Acute Oncology: referral status"
-    body = subscription_body(
-        settings, rest_hook_channel(url), topic="referral-status", reason=reason, filters=[RBL_REFERRALS]
-    )
-    await post_subscription(http, body)
+    await subscribe_rest_hook(http, settings, url, reason="Wirral Acute Oncology: referral status")
 
 
 def referral(control: str, referral_number: str, hospital_number: str, nhs_number: str, name: str) -> str:
@@ -138,7 +109,7 @@ async def test_a_poisonous_outbox_event_is_dead_lettered_and_the_others_are_deli
 
             async def settled() -> bool:
                 doc = await store.outbox.find_one({"_id": poison})
-                return len(receiver.focus) >= 2 and doc is not None and doc["status"] == DEAD
+                return len(receiver.focus()) >= 2 and doc is not None and doc["status"] == DEAD
 
             await wait_for(settled)
             # The loop is still running and healthy: the poison did not stall the fan-out.
@@ -148,7 +119,7 @@ async def test_a_poisonous_outbox_event_is_dead_lettered_and_the_others_are_deli
             await send_and_map(http, intake, referral("RBL-7003", "500003", "X100999", "9000000009", "HUGHES^PAT"))
 
             async def third() -> bool:
-                return len(receiver.focus) >= 3
+                return len(receiver.focus()) >= 3
 
             await wait_for(third)
             assert registry.report()["notifier-fanout"]["cycles"] > cycles
@@ -156,8 +127,8 @@ async def test_a_poisonous_outbox_event_is_dead_lettered_and_the_others_are_deli
             stop.set()
             await asyncio.wait_for(running, 10)
 
-    assert len(receiver.focus) == 3
-    for focus, number in zip(receiver.focus, ["500001", "500002", "500003"], strict=True):
+    assert len(receiver.focus()) == 3
+    for focus, number in zip(receiver.focus(), ["500001", "500002", "500003"], strict=True):
         assert number in json.dumps(focus["identifier"])
     doc = await store.outbox.find_one({"_id": poison})
     assert doc is not None
@@ -212,8 +183,8 @@ async def test_a_failed_event_is_retried_and_later_versions_of_its_resource_wait
         assert first["fanout"]["outcome"]["issue"][0]["severity"] == "warning"
         later = await store.outbox.find_one({"_id": f"{key}/_history/3"})
         assert later is not None and later["status"] == "ready"
-        assert [f["id"] for f in receiver.focus if f["id"] == "held"] == []
-        assert len(receiver.focus) == 1  # the other referral was not held up
+        assert [f["id"] for f in receiver.focus() if f["id"] == "held"] == []
+        assert len(receiver.focus()) == 1  # the other referral was not held up
 
         second = {
             "resourceType": "ServiceRequest",
@@ -226,7 +197,7 @@ async def test_a_failed_event_is_retried_and_later_versions_of_its_resource_wait
         await asyncio.sleep(settings.notifier_fanout_retry_s + 0.2)
         await notifier.run(asyncio.Event(), burst=True)
 
-    assert [(f["id"], f["status"]) for f in receiver.focus if f["id"] == "held"] == [
+    assert [(f["id"], f["status"]) for f in receiver.focus() if f["id"] == "held"] == [
         ("held", "on-hold"),
         ("held", "revoked"),
     ]

@@ -21,13 +21,11 @@ from fhirclient import client as smart_client
 from fhirclient.models.bundle import Bundle
 from fhirclient.models.servicerequest import ServiceRequest
 from fhirpy import AsyncFHIRClient
-from helpers import serve_app
+from helpers import on_free_port, serve_hub
 
-from services.api.app import create_app
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
 from services.mapper.worker import WorkerConfig
-from shared.mongod import free_port
 from shared.nhs import NHS_NUMBER_SYSTEM
 from shared.settings import Settings
 
@@ -35,20 +33,15 @@ TRUSTS = ("RBL", "RJR", "REM")
 
 
 @pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def settings(settings: Settings, port: int) -> Settings:
+def settings(settings: Settings) -> Settings:
     """The hub's base URL is the server's own address, so the links it writes lead back to it."""
-    return settings.model_copy(update={"public_base_url": f"http://127.0.0.1:{port}"})
+    return on_free_port(settings)
 
 
 @pytest.fixture
-async def base(intake: IntakeService, port: int) -> AsyncIterator[str]:
-    """The FHIR base of the hub served by uvicorn on ``port`` for the duration of the test."""
-    async with serve_app(create_app(intake), port) as url:
+async def base(intake: IntakeService) -> AsyncIterator[str]:
+    """The FHIR base of the hub served by uvicorn at that address for the duration of the test."""
+    async with serve_hub(intake) as url:
         yield f"{url}/fhir"
 
 

@@ -24,7 +24,7 @@ from test_graceful_stop import part, part_env, stop_and_wait, wait_for_line
 from services.api.app import create_app
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
-from shared.metrics import REGISTRY, Bounded, MetricsServer, Scrape, render
+from shared.metrics import CONTENT_TYPE, REGISTRY, Bounded, MetricsServer, Scrape, render
 from shared.mllp import MllpClient
 from shared.settings import Settings
 from shared.store import Store, connect
@@ -218,6 +218,42 @@ async def test_a_worker_process_serves_metrics_on_its_own_port(store: Store) -> 
     assert samples["mscc_metrics_database_up"] == [({}, 1.0)]
     assert samples["mscc_mapper_queue_depth"] == [({}, 0.0)]
     assert samples["mscc_task_healthy"] == [({"task": "notifier-delivery"}, 1.0)]
+
+
+async def test_a_worker_metrics_port_answers_only_metrics_and_a_pointer_to_them(store: Store) -> None:
+    # Like the Prometheus exporters: /metrics (GET and HEAD), a short page on / naming it, nothing else.
+    server = MetricsServer.start("127.0.0.1", 0, Scrape(store, TaskRegistry(), 2.0))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as client:
+            got = await client.get("/metrics")
+            head = await client.head("/metrics")
+            gzipped = await client.head("/metrics", headers={"Accept-Encoding": "gzip"})
+            home = await client.get("/")
+            home_head = await client.head("/")
+            missing = {path: await client.get(path) for path in ("/nothing", "/favicon.ico", "/metrics/", "/metricsx")}
+            missing_head = await client.head("/nothing")
+            posted = await client.post("/metrics", content=b"x")
+            deleted = await client.delete("/")
+            other = await client.request("OPTIONS", "/metrics")
+            unknown_posted = await client.post("/nothing")
+    finally:
+        await server.stop()
+    assert got.status_code == 200 and "mscc_metrics_database_up" in got.text
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"] == CONTENT_TYPE
+    assert int(head.headers["content-length"]) > 1000  # what GET would send, not the empty body
+    assert gzipped.headers["content-encoding"] == "gzip" and int(gzipped.headers["content-length"]) > 0
+    assert home.status_code == 200 and home.headers["content-type"].startswith("text/plain")
+    assert "/metrics" in home.text and "mscc_" not in home.text
+    assert home_head.status_code == 200 and home_head.content == b""
+    assert {path: answer.status_code for path, answer in missing.items()} == dict.fromkeys(missing, 404)
+    assert "mscc_" not in missing["/nothing"].text
+    assert missing_head.status_code == 404 and missing_head.content == b""
+    for refused in (posted, deleted, other):
+        assert refused.status_code == 405, refused.request.method
+        assert refused.headers["allow"] == "GET, HEAD"
+        assert "mscc_" not in refused.text
+    assert unknown_posted.status_code == 404  # an unknown path is unknown whatever the method
 
 
 async def test_mscc_mapper_serves_metrics_on_metrics_port(mongodb_uri: str, settings: Settings) -> None:

@@ -11,23 +11,11 @@ real aiohttp receivers on loopback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
-from receivers import (
-    RBL_REFERRALS,
-    loopback_settings,
-    notification_type,
-    post_subscription,
-    rest_hook_channel,
-    serve_http,
-    subscription_body,
-)
+from receivers import loopback_settings, receiving, subscribe_rest_hook
 from trusts import client_as
 
 from services.intake.service import IntakeService
@@ -54,34 +42,8 @@ def settings(settings: Settings) -> Settings:
     return loopback_settings(settings, notifier_timeout_s=2.0)
 
 
-class Receiver:
-    """A rest-hook receiver on loopback: each notification's type and the ids of the resources it carries."""
-
-    def __init__(self) -> None:
-        self.kinds: list[str] = []
-        self.focus: list[str] = []
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        bundle = json.loads(await request.read())
-        self.kinds.append(notification_type(bundle))
-        self.focus += [e["resource"]["id"] for e in bundle.get("entry", [])[1:] if "resource" in e]
-        return web.Response(status=200)
-
-
-@contextlib.asynccontextmanager
-async def receiving() -> AsyncIterator[Receiver]:
-    receiver = Receiver()
-    async with serve_http(receiver.handle) as base:
-        receiver.url = f"{base}/hook"
-        yield receiver
-
-
 async def subscribe(http: httpx.AsyncClient, settings: Settings, url: str) -> str:
-    body = subscription_body(
-        settings, rest_hook_channel(url), topic="referral-status", reason="Acute Oncology", filters=[RBL_REFERRALS]
-    )
-    return await post_subscription(http, body)
+    return await subscribe_rest_hook(http, settings, url, reason="Acute Oncology")
 
 
 async def referred(http: httpx.AsyncClient, store: Store) -> str:
@@ -115,8 +77,8 @@ async def test_a_subscription_of_another_trust_gets_nothing_even_when_its_criter
         referral_id = await referred(http, store)
         notifier = await notify(store, settings)
 
-    assert rbl.kinds.count("event-notification") == 1 and referral_id in rbl.focus  # RBL's own: delivered
-    assert "event-notification" not in rjr.kinds and referral_id not in rjr.focus
+    assert rbl.kinds.count("event-notification") == 1 and referral_id in rbl.ids()  # RBL's own: delivered
+    assert "event-notification" not in rjr.kinds and referral_id not in rjr.ids()
     assert await store.deliveries.count_documents({"subscription_id": planted}) == 0
     assert await store.deliveries.count_documents({"subscription_id": mine}) == 1
     planted_doc = await store.subscriptions.find_one({"_id": planted})

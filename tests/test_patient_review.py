@@ -14,15 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
-from receivers import (
-    loopback_settings,
-    notification_type,
-    post_subscription,
-    rest_hook_channel,
-    serve_http,
-    subscription_body,
-)
+from receivers import Receiver, loopback_settings, receiving, subscribe_rest_hook
 
 from services.intake.service import IntakeService
 from services.mapper.service import MapperService
@@ -56,33 +48,15 @@ def settings(settings: Settings) -> Settings:
     return loopback_settings(settings, notifier_timeout_s=2.0)
 
 
-class Receiver:
-    """A rest-hook receiver on loopback: the focus of every event notification, per path."""
-
-    def __init__(self) -> None:
-        self.focus: dict[str, list[dict[str, Any]]] = {}
-        self.base = ""
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        bundle = json.loads(await request.read())
-        if notification_type(bundle) == "event-notification":
-            self.focus.setdefault(request.path, []).append(bundle["entry"][1]["resource"])
-        return web.Response(status=200)
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    async with serve_http(rec.handle, "/{path}") as base:
-        rec.base = base
+    """One receiver for every path: each subscription posts to its own (``receiver.focus(path)``)."""
+    async with receiving("/{path}") as rec:
         yield rec
 
 
 async def subscribe(http: httpx.AsyncClient, settings: Settings, url: str, topic: str, flt: str) -> None:
-    reason = "MSCC coordinators' worklist"
-    await post_subscription(
-        http, subscription_body(settings, rest_hook_channel(url), topic=topic, reason=reason, filters=[flt])
-    )
+    await subscribe_rest_hook(http, settings, url, reason="MSCC coordinators' worklist", topic=topic, filters=[flt])
 
 
 def referral(trust: str, control_id: str, pid: str, number: str) -> str:
@@ -134,7 +108,7 @@ async def test_a_held_referral_gives_the_mscc_team_a_review_task_and_applying_co
     await subscribe(http, settings, f"{receiver.base}/quality", "data-quality", "Task?requester=Organization/REN")
     await send(http, referral("RBL", "RBL0002", MARGARET, "500001"))
     await run(intake)
-    quality_before = len(receiver.focus.get("/quality", []))
+    quality_before = len(receiver.focus("/quality"))
     await send(http, referral("RJR", "RJR0002", ROBERT, "500001"))
     await run(intake)
 
@@ -153,9 +127,9 @@ async def test_a_held_referral_gives_the_mscc_team_a_review_task_and_applying_co
         assert secret not in text, secret
     history = await http.get(f"/fhir/Task/{task['id']}/_history")
     assert history.json()["total"] == 1
-    assert [(t["id"], t["status"]) for t in receiver.focus["/mscc"]] == [(task["id"], "requested")]
-    assert "/rbl" not in receiver.focus
-    assert len(receiver.focus.get("/quality", [])) == quality_before
+    assert [(t["id"], t["status"]) for t in receiver.focus("/mscc")] == [(task["id"], "requested")]
+    assert receiver.focus("/rbl") == []
+    assert len(receiver.focus("/quality")) == quality_before
 
     applied = await http.post(f"/admin/messages/{held['_id']}/apply")
     assert applied.status_code == 200, applied.text
@@ -163,9 +137,9 @@ async def test_a_held_referral_gives_the_mscc_team_a_review_task_and_applying_co
     [done] = await review_tasks(http, _id=task["id"])
     assert done["status"] == "completed" and done["meta"]["versionId"] == "2"
     assert done["note"][-1]["authorString"] == settings.dev_client_id
-    assert [t["status"] for t in receiver.focus["/mscc"]] == ["requested", "completed"]
+    assert [t["status"] for t in receiver.focus("/mscc")] == ["requested", "completed"]
     assert (await intake.store.messages.find_one({"_id": held["_id"]}) or {})["status"] == "mapped"
-    assert "/rbl" not in receiver.focus
+    assert receiver.focus("/rbl") == []
 
 
 async def test_rejecting_a_held_message_rejects_its_review_task_with_who_and_why(
@@ -187,7 +161,7 @@ async def test_rejecting_a_held_message_rejects_its_review_task_with_who_and_why
     [closed] = await review_tasks(http, _id=task["id"])
     assert closed["status"] == "rejected" and closed["statusReason"]["text"] == reason
     assert closed["note"][-1]["authorString"] == settings.dev_client_id and reason in closed["note"][-1]["text"]
-    assert [t["status"] for t in receiver.focus["/mscc"]] == ["requested", "rejected"]
+    assert [t["status"] for t in receiver.focus("/mscc")] == ["requested", "rejected"]
     event = await intake.store.outbox.find_one({"_id": f"Task/{task['id']}/_history/2"})
     assert event is not None and event["message_id"] == held["_id"]
     for secret in SECRETS:

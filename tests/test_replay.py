@@ -21,10 +21,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
-from helpers import serve_app
+from helpers import on_free_port, serve_hub
 from tokens import register
 
-from services.api.app import create_app
 from services.cli import main
 from services.intake.service import IntakeService
 from services.replay.auth import Credentials, TokenSource
@@ -150,20 +149,15 @@ async def test_a_batch_goes_whole_or_message_by_message(
 
 
 @pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def settings(settings: Settings, port: int) -> Settings:
+def settings(settings: Settings) -> Settings:
     """The hub's base URL is the server's own address: client assertions are made out to it."""
-    return settings.model_copy(update={"public_base_url": f"http://127.0.0.1:{port}"})
+    return on_free_port(settings)
 
 
 @pytest.fixture
-async def hub(intake: IntakeService, port: int) -> AsyncIterator[str]:
-    """The hub served by uvicorn on ``port``; yields its base URL."""
-    async with serve_app(create_app(intake), port) as url:
+async def hub(intake: IntakeService) -> AsyncIterator[str]:
+    """The hub served by uvicorn at that address; yields its base URL."""
+    async with serve_hub(intake) as url:
         yield url
 
 

@@ -70,8 +70,11 @@ _Item = tuple[Document, "asyncio.Future[Committed]"]
 
 
 def _bulk(doc: Document) -> int:
-    """About how many bytes ``doc`` writes: its raw message (its text, where kept, is about as long)."""
+    """About how many bytes ``doc`` writes: its raw message (its text, where kept, is about as long),
+    or its text alone when that stands for the raw bytes (``raw_from_text``)."""
     raw = doc.get("raw")
+    if raw is None and "raw_from_text" in doc:
+        raw = doc.get("text")
     return len(raw) if isinstance(raw, bytes | str) else 0
 
 

@@ -20,7 +20,7 @@ from pymongo.errors import PyMongoError
 
 from shared.auth import Caller
 from shared.limits import DEFAULT_LIMITS, Limits
-from shared.messages import HL7V2, HL7V2_BATCH, MessageRecord
+from shared.messages import HL7V2, HL7V2_BATCH, RAW_FROM_TEXT_BYTES, MessageRecord
 from shared.store import Document
 from shared.visibility import TRUSTS
 
@@ -71,9 +71,11 @@ class Arrival:
         dedup: str | None,
         batch: dict[str, Any] | None,
         trust: str = "",
+        text_is_raw: bool = False,
     ) -> MessageRecord:
         """The record of an accepted message: queued for the mapper ("ready"), raw bytes kept exactly,
-        with the trust it speaks for (``trust.py``)."""
+        with the trust it speaks for (``trust.py``). ``text_is_raw``: the text encodes back to exactly
+        ``raw`` with the read's charset, so the record stores the text alone (``raw_from_text``)."""
         return MessageRecord(
             id=record_id,
             received_at=self.now,
@@ -92,6 +94,7 @@ class Arrival:
             dedup_key=dedup,
             batch=batch,
             extra={TRUSTS: [trust] if trust else []},
+            raw_from_text=read.charset if text_is_raw else None,
         )
 
     def rejected(
@@ -127,6 +130,8 @@ class Arrival:
             ack=ack,
             batch=batch,
             truncated=truncated,
+            # latin-1 maps every byte to one character and back: a large refused record keeps its text alone
+            raw_from_text="latin-1" if len(raw) >= RAW_FROM_TEXT_BYTES else None,
         )
 
     def envelope(self, batch_id: str, data: bytes, children: list[str]) -> MessageRecord:
@@ -259,7 +264,9 @@ class Hl7Intake:
             return arrival.rejected(record_id, raw, rejection.reason, issue, header, ack, batch=batch), header
         ack_text = self._ack(header, "AA", record_id, read.issues, arrival.now)
         dedup = dedup_key(header, scan.digest)
-        return arrival.accepted(record_id, raw, read, ack_text, dedup or None, batch, trust), header
+        text_is_raw = scan.text_is_raw and len(raw) == scan.stop - scan.start
+        record = arrival.accepted(record_id, raw, read, ack_text, dedup or None, batch, trust, text_is_raw)
+        return record, header
 
     async def _commit(self, docs: list[Document]) -> list[Committed] | StoreUnavailable:
         """The records written, or why not (its text names only the database error's class and code)."""

@@ -1,11 +1,12 @@
 """The first, pure step of reading an HL7v2 frame: what its bytes alone decide.
 
 The frame's segment and repetition limits, its segments and envelope, and for each message the lean
-read (``header.read_message``), the record and write estimates (``limits_check``) and the content
-digest of its duplicate key. This work grows with the frame (seconds for 4 MB of tiny segments), so
-intake runs it in its parse pool for large frames (``offload.py``) and inline for small ones; it uses
-no clock, no database and no configuration beyond its arguments, so both give the same answer. What it
-returns is small and picklable: a refusal as plain data (``Refusal``), never the segment spans.
+read (``header.read_message``), the record and write estimates and the length of its identifiers
+(``limits_check``) and the content digest of its duplicate key. This work grows with the frame
+(seconds for 4 MB of tiny segments), so intake runs it in its parse pool for large frames
+(``offload.py``) and inline for small ones; it uses no clock, no database and no configuration beyond
+its arguments, so both give the same answer. What it returns is small and picklable: a refusal as plain
+data (``Refusal``), never the segment spans.
 What needs the sender policy, the caller or the store (trust, ACK, record) stays with ``hl7_intake``.
 """
 
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 
 from shared.er7 import SegmentSpan, segment_spans
 from shared.limits import Limits
+from shared.messages import RAW_FROM_TEXT_BYTES, text_encodes_to
 
 from .envelope import split_envelope
 from .header import HeaderRead, MessageHeader, Rejection, read_header_fields, read_message
 from .hl7_keys import content_digest
-from .limits_check import check_message, first_header, frame_refusal
+from .limits_check import check_identifiers, check_message, first_header, frame_refusal
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class MessageScan:
     read: HeaderRead | None
     refusal: Refusal | None = None
     digest: str = ""
+    # A large accepted message whose text encodes back to exactly ``start:stop``: its record keeps the
+    # text alone (``shared.messages.RAW_FROM_TEXT_BYTES``). Checked here, in the pool for large frames.
+    text_is_raw: bool = False
 
     def accepted(self) -> HeaderRead:
         """The lean read; ``Rejection`` if the message is refused."""
@@ -105,9 +110,11 @@ def scan_message(
         )
         header = read.header
         check_message(data[start:stop], read.text, len(spans), limits)
+        check_identifiers(data, spans, read)
     except Rejection as rejection:
         return MessageScan(start, stop, header or try_header(data, spans), None, Refusal.of(rejection))
-    return MessageScan(start, stop, header, read, None, content_digest(data, spans, header))
+    exact = stop - start >= RAW_FROM_TEXT_BYTES and text_encodes_to(read.text, read.charset, data[start:stop])
+    return MessageScan(start, stop, header, read, None, content_digest(data, spans, header), exact)
 
 
 def scan_frame(data: bytes, charsets: tuple[str, str, str | None], limits: Limits) -> FrameScan:

@@ -4,16 +4,28 @@ HL7v2: ``AR`` with HL7 table 0357 code 207 and the limit named in ERR (and MSA-3
 413 with an OperationOutcome naming it. Either way the input is kept as a rejected record with the
 reason, as every refusal is. The frame check runs before the segments are even located, so a frame of
 a million segments costs a count of its bytes, not a parse.
+
+An HL7v2 identifier longer than an index key can be (``shared/hl7_identifiers.py``) is refused the same
+way, with code 102 (the value itself is wrong, as the FHIR side answers 422) at the field that holds it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from shared.er7 import SegmentSpan
 from shared.fhir import FhirError
+from shared.hl7_identifiers import long_identifier
 from shared.limits import LimitExceeded, Limits, check_fhir, check_fhir_bytes, check_hl7_frame, check_hl7_message
 
-from .header import APPLICATION_INTERNAL_ERROR, MessageHeader, Rejection, read_header_fields
+from .header import (
+    APPLICATION_INTERNAL_ERROR,
+    DATA_TYPE_ERROR,
+    HeaderRead,
+    MessageHeader,
+    Rejection,
+    read_header_fields,
+)
 
 
 def _rejection(exceeded: LimitExceeded) -> Rejection:
@@ -31,6 +43,14 @@ def check_message(raw: bytes, text: str, segments: int, limits: Limits) -> None:
     exceeded = check_hl7_message(raw, text, segments, limits)
     if exceeded is not None:
         raise _rejection(exceeded)
+
+
+def check_identifiers(data: bytes, spans: list[SegmentSpan], read: HeaderRead) -> None:
+    """``Rejection`` when a value of one HL7v2 message (``spans`` its segments in ``data``) would become an
+    identifier too long to be indexed: the mapped resources could never be stored."""
+    found = long_identifier(data, spans, read.header.separators, read.charset)
+    if found is not None:
+        raise Rejection(DATA_TYPE_ERROR, found.reason, location=found.location)
 
 
 def first_header(data: bytes) -> MessageHeader | None:
