@@ -234,6 +234,7 @@ async def serve_intake_child(uri: str, db_name: str, profile: str | None) -> Non
     import cProfile
 
     from services.intake.service import IntakeService
+    from shared import heap
 
     profiler = cProfile.Profile() if profile else None
 
@@ -244,6 +245,7 @@ async def serve_intake_child(uri: str, db_name: str, profile: str | None) -> Non
         service = IntakeService(intake_settings(db_name, Path(tmp)), store)
         probe = CommitProbe(service.committer)
         await service.start()
+        heap.settle()  # as `mscc intake` does once started
         if profiler is not None:
             profiler.enable()
         try:

@@ -104,7 +104,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "mapper":
         if args.burst:
             stats = runner.run(runner.drain(settings))
-            print(f"mapped {stats.mapped}, failed {stats.failed}, retrying {stats.retried}, dead {stats.dead}")
+            print(
+                f"mapped {stats.mapped}, failed {stats.failed}, retrying {stats.retried}, dead {stats.dead}, "
+                f"held for review {stats.held}"
+            )
             return 0
         runner.run(runner.serve(settings, parts=("mapper",)))
         return 0

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from shared import heap
 from shared.metrics import MetricsServer, Scrape
 from shared.mongod import clear_state, read_state, start_owned, stop_daemon
 from shared.settings import Settings
@@ -110,9 +111,11 @@ async def serve(
     parts: tuple[str, ...] = PARTS,
     demo: bool = False,
     registry: TaskRegistry | None = None,
+    settle_heap: bool = True,
 ) -> None:
     """Serve the given parts until SIGINT/SIGTERM; with ``demo``, play the demo (``services/demo/``) once
-    intake is up.
+    intake is up. Once started, the process's heap is settled (``shared/heap.py``) unless ``settle_heap``
+    is false (a caller that is not a process of its own, such as a test).
 
     Every background loop (mapper worker, SLA scanner and report follower, notifier fan-out and delivery)
     runs supervised (``shared/supervision.py``): restarted with backoff if it stops, its cycles recorded
@@ -161,8 +164,10 @@ async def serve(
         stop_on_signals(stop)
         try:
             if "intake" in parts:
-                await _serve_intake(settings, store, demo, registry, stop)
+                await _serve_intake(settings, store, demo, registry, stop, settle_heap)
             else:
+                if settle_heap:
+                    heap.settle()
                 await stop.wait()
         finally:
             stop.set()
@@ -203,7 +208,7 @@ async def drain_notifier(settings: Settings) -> NotifierStats:
 
 
 async def _serve_intake(
-    settings: Settings, store: Store, demo: bool, registry: TaskRegistry, stop: asyncio.Event
+    settings: Settings, store: Store, demo: bool, registry: TaskRegistry, stop: asyncio.Event, settle_heap: bool
 ) -> None:
     """HTTP and MLLP until ``stop``: then both stop accepting at once; HTTP finishes the requests in
     flight, and the MLLP listener answers what it has committed and keeps what it has not (within
@@ -227,6 +232,8 @@ async def _serve_intake(
         timeout_graceful_shutdown=max(1, round(settings.stop_timeout_s)),
     )
     server = QuietServer(config)
+    if settle_heap:  # everything this process keeps is made: full collections skip it from now on
+        heap.settle()
     demo_task = asyncio.create_task(_demo(settings, service, server)) if demo else None
     mllp_stopping = asyncio.create_task(_stop_mllp_on(stop, service), name="mllp-stop")
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .scopes import Scope, allows
@@ -45,8 +46,14 @@ class Caller:
     ods_code: str
     scopes: frozenset[str] = field(default_factory=frozenset)
 
-    def to_doc(self) -> dict[str, Any]:
+    @cached_property
+    def _doc(self) -> dict[str, Any]:
         return {"client_id": self.client_id, "ods_code": self.ods_code, "scopes": sorted(self.scopes)}
+
+    def to_doc(self) -> dict[str, Any]:
+        """The caller as kept on what it sends. Made once per caller and shared by all its records (an
+        MLLP connection's caller is on every message it sends): read it, never change it."""
+        return self._doc
 
     def allows(self, need: Scope) -> bool:
         """Whether this caller's scopes cover ``need`` (``shared.scopes.needed(type, letter)``)."""

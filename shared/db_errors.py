@@ -13,11 +13,16 @@ query the server refuses (400), or an unexpected failure (500, never "try again"
 
 **Logging** (``safe_summary``): a database error's text can carry what was being written, such as a
 duplicate key's value or the offending document, so it never reaches the log. Only the error's class,
-its code(s) and labels do, next to the record ids the caller adds.
+its code(s) and labels do, next to the record ids the caller adds. A write the database refuses because
+of the input itself (``refused_input``: a document or a transaction too large, a value too long for an
+index) is no outage: it is logged as a warning naming the record and what to do, where an outage (no
+server, not primary, a write concern not met) or an unexpected failure is an error (``log_failure``),
+which is what operators alert on.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from bson.errors import BSONError, InvalidDocument
@@ -90,6 +95,54 @@ def describe(exc: BaseException) -> str:
     """``safe_summary`` as text, e.g. ``DuplicateKeyError (code 11000)``."""
     summary = safe_summary(exc)
     return f"{summary['error']} (code {summary['code']})" if "code" in summary else str(summary["error"])
+
+
+# What an operator can do about a write the database refused because of the input (``refused_input``).
+DOCUMENT_TOO_LARGE_ACTION = (
+    "a document would be over MongoDB's 16 MiB: the input cannot be stored as it is (split it at the "
+    "source); keep MSCC_LIMIT_DOCUMENT_BYTES and MSCC_MLLP_MAX_MESSAGE_BYTES low enough that intake refuses "
+    "such input first, naming the limit"
+)
+TRANSACTION_TOO_LARGE_ACTION = (
+    "one transaction would write over 16 MiB, which MongoDB 4.0 refuses: the input cannot be written as it "
+    "is (split it at the source); keep MSCC_LIMIT_TRANSACTION_BYTES under 16 MiB so that intake refuses such "
+    "input first, naming the limit (or run MongoDB 4.2 or later)"
+)
+KEY_TOO_LONG_ACTION = (
+    "a value is longer than an index key may be (1024 bytes on MongoDB 4.0): have it corrected at the "
+    "source; if an index the deployment added takes that field, drop or narrow the index (MongoDB 4.2 and "
+    "later have no such limit)"
+)
+
+
+def refused_input(exc: BaseException | None) -> str | None:
+    """What to do when ``exc`` (or a failure it wraps, ``__cause__``) is the database refusing a write
+    because of the input itself; None for anything else (an outage, a conflict, a bug). The same input
+    fails the same way every time, so it is never retried; it is no outage either."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        codes = set(_codes(exc))
+        if isinstance(exc, DocumentTooLarge) or codes & TOO_LARGE_CODES:
+            return DOCUMENT_TOO_LARGE_ACTION
+        if TRANSACTION_TOO_LARGE in codes:
+            return TRANSACTION_TOO_LARGE_ACTION
+        if KEY_TOO_LONG in codes:
+            return KEY_TOO_LONG_ACTION
+        exc = exc.__cause__
+    return None
+
+
+def log_failure(log: logging.Logger, what: str, exc: BaseException | None, **extra: Any) -> None:
+    """Log one line about a database failure of ``what`` (``extra``: the record ids and such): a warning
+    saying what to do when the input caused it (``refused_input``), else an error. Never the error's
+    text (``safe_summary``), never a traceback."""
+    facts = {**extra, **(safe_summary(exc) if exc is not None else {})}
+    action = refused_input(exc)
+    if action is None:
+        log.error(what, extra=facts, stacklevel=2)
+    else:
+        log.warning(f"{what}: the database refused it because of the input; {action}", extra=facts, stacklevel=2)
 
 
 def _permanent_status(exc: BaseException) -> tuple[int, str, str]:

@@ -1,17 +1,19 @@
 """Short leases kept alive by a heartbeat while their work runs.
 
-A worker claims work (a mapper's batch of messages, a notifier's lane) by writing ``{owner, until}`` on
-it; another worker may take the work once ``until`` has passed. A long lease makes a killed process's
-work wait a long time; a short one would expire under slow but healthy work. So the lease is short
-(``MSCC_MAPPER_LEASE_S``, ``MSCC_NOTIFIER_LEASE_S``) and a ``LeaseKeeper`` pushes ``until`` forward every
-``MSCC_LEASE_HEARTBEAT_S`` for as long as the work is held: a process that dies stops renewing, and
-its work is claimable within one lease.
+A worker claims work (a mapper's batch of messages, a notifier's lane, a record ``mscc messages
+reprocess`` runs again) by writing ``{owner, until}`` on it; another worker may take the work once
+``until`` has passed. A long lease makes a killed process's work wait a long time; a short one would
+expire under slow but healthy work. So the lease is short (``MSCC_MAPPER_LEASE_S``,
+``MSCC_NOTIFIER_LEASE_S``, ``MSCC_REPROCESS_LEASE_S``) and a ``LeaseKeeper`` pushes ``until`` forward
+every ``MSCC_LEASE_HEARTBEAT_S`` for as long as the work is held: a process that dies stops renewing,
+and its work is claimable within one lease.
 
 One keeper per worker renews every lease the worker holds in one ``update_many`` per beat, whatever
 the number of lanes or messages. A renewal only moves ``until`` of documents whose owner is still the
 token (a released or taken-over lease is never revived). A failed renewal (the database) is logged
 at warning level with the count of failures in a row; the work goes on, and if the lease does expire
-meanwhile, the guards on the work's final writes (``lease.owner``, ``lane.owner``) see it.
+meanwhile, the guards on the work's final writes (``lease.owner``, ``lane.owner``, ``reprocessed.owner``)
+see it.
 """
 
 from __future__ import annotations

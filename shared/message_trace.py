@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from . import reprocess_mark
 from .logging import redact
 from .message_query import MessageRow, reprocess_of, reprocessed_as
 from .messages import MessageRecord
@@ -101,8 +102,9 @@ class Trace:
     events: tuple[Event, ...]
 
 
-def steps(record: MessageRecord) -> list[Step]:
-    """The record's history in time order, from the facts it keeps."""
+def steps(record: MessageRecord, now: datetime | None = None) -> list[Step]:
+    """The record's history in time order, from the facts it keeps (``now``: whether a reprocess run
+    that has not finished still holds its mark, or was interrupted)."""
     caller = record.caller or {}
     who = f"client {caller.get('client_id') or '?'}, ODS {caller.get('ods_code') or '-'}"
     answer = (
@@ -139,7 +141,15 @@ def steps(record: MessageRecord) -> list[Step]:
         why = f": {review['reason']}" if review.get("reason") else ""
         out.append(Step(review.get("at"), f"review: {review['decision']} by {review.get('by') or '?'}{why}"))
     again = record.reprocessed or {}
-    if again:
+    mark = reprocess_mark.state(record, now or datetime.now(UTC))
+    by = again.get("by") or "?"
+    if mark == reprocess_mark.RUNNING:
+        until = instant(reprocess_mark.expires(record))
+        out.append(Step(again.get("at"), f"being reprocessed by {by} (in progress; its mark holds until {until})"))
+    elif mark == reprocess_mark.INTERRUPTED:
+        what = f"reprocessing by {by} interrupted: it stopped before finishing; it may be reprocessed again"
+        out.append(Step(again.get("at"), what))
+    elif again:
         made_as = ", ".join(str(r) for r in again.get("records") or [] if r) or "no new record"
         out.append(Step(again.get("at"), f"reprocessed ({again.get('outcome')}): {made_as}"))
     # In time order; a step without a time of its own stays after the step written before it.
@@ -264,6 +274,8 @@ def to_json(found: Trace, *, unmask: bool = False, raw: bool = False) -> Documen
             "outcome": masked(processing.outcome, unmask),
         },
         "review": masked({k: instant(v) if k == "at" else v for k, v in (record.review or {}).items()}, unmask) or None,
+        # "", "done", "in progress" (a run holds it now) or "interrupted" (may be reprocessed again)
+        "reprocessing": reprocess_mark.state(record, datetime.now(UTC)) or None,
         "resources": [
             {"reference": p.reference, "type": p.type, "id": p.id, "version": p.version, "note": p.note}
             for p in found.produced
@@ -311,6 +323,10 @@ def render(found: Trace, *, unmask: bool = False, raw: bool = False) -> list[str
         f"sender      {row.sender or '-'}"
         + (f" ({header['sending_application']})" if header.get("sending_application") else ""),
     ]
+    mark = reprocess_mark.state(record, datetime.now(UTC))
+    if mark in (reprocess_mark.RUNNING, reprocess_mark.INTERRUPTED):
+        again = "may be reprocessed again" if mark == reprocess_mark.INTERRUPTED else "a run holds it now"
+        lines.append(f"reprocess   {mark} ({again})")
     if row.control_id:
         lines.append(f"control id  {row.control_id}")
     if header.get("version"):

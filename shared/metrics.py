@@ -4,7 +4,7 @@ Counted as they happen (cheap: an increment, no I/O, nothing on the ACK path but
 
     mscc_messages_received_total{sender,type,channel,status}   intake: every inbound message record
     mscc_ack_seconds{channel}                                   intake: receipt to answer (mllp, http, fhir)
-    mscc_mapper_messages_total{outcome}                         mapper: mapped, failed, retried, dead
+    mscc_mapper_messages_total{outcome}                         mapper: mapped, needs-review, failed, retried, dead
     mscc_notifier_deliveries_total{subscription,channel,outcome}  notifier: delivered, retrying, dead
     mscc_http_requests_total{method,route,status}               API: by route template, never the raw path
 
@@ -120,12 +120,18 @@ ACK_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
+MAPPER_OUTCOMES = ("mapped", "needs-review", "failed", "retried", "dead")
 MAPPER_MESSAGES = Counter(
     "mscc_mapper_messages",
-    "Messages the mapper finished with, by outcome (mapped, failed, retried, dead)",
+    "Messages the mapper finished with, by outcome (mapped; needs-review: held for review, nothing written; "
+    "failed, retried, dead)",
     ["outcome"],
     registry=REGISTRY,
 )
+for _outcome in MAPPER_OUTCOMES:
+    # Every outcome's series exists from the start at 0, so the first increase of a rare one (a message
+    # held for review, dead-lettered) is seen by ``increase()`` and alerts.
+    MAPPER_MESSAGES.labels(_outcome)
 DELIVERIES = Counter(
     "mscc_notifier_deliveries",
     "Notification attempts by subscription id, channel (rest-hook, mllp) and outcome (delivered, retrying, dead)",

@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     # ``mongod_transaction_lifetime_s`` (one left open by a killed process). ``/readyz`` waits at most
     # ``readyz_timeout_s`` for the database.
     notifier_lease_s: float = Field(default=10.0, gt=0)
+    # ``mscc messages reprocess`` marks a record "in progress" while it sends it through intake again,
+    # leased the same way: a run killed meanwhile leaves a mark that expires, and a later run takes it.
+    reprocess_lease_s: float = Field(default=10.0, gt=0)
     lease_heartbeat_s: float = Field(default=3.0, gt=0)
     stop_timeout_s: float = Field(default=8.0, gt=0)
     transaction_max_commit_s: float = Field(default=5.0, gt=0)
@@ -211,11 +214,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _heartbeat_within_leases(self) -> Settings:
-        lease = min(self.mapper_lease_s, self.notifier_lease_s)
+        lease = min(self.mapper_lease_s, self.notifier_lease_s, self.reprocess_lease_s)
         if self.lease_heartbeat_s * 2 > lease:
             raise ValueError(
                 f"MSCC_LEASE_HEARTBEAT_S ({self.lease_heartbeat_s}) must be at most half the shortest lease "
-                f"(MSCC_MAPPER_LEASE_S, MSCC_NOTIFIER_LEASE_S: {lease}), so a lease is renewed before it expires"
+                f"(MSCC_MAPPER_LEASE_S, MSCC_NOTIFIER_LEASE_S, MSCC_REPROCESS_LEASE_S: {lease}), so a lease is "
+                "renewed before it expires"
             )
         return self
 

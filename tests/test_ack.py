@@ -116,3 +116,45 @@ def test_enhanced_mode_uses_commit_codes_and_msh15() -> None:
     assert should_reply("CA", always) and not should_reply("CA", never)
     assert not should_reply("CA", errors) and should_reply("CR", errors)
     assert should_reply("AA", original)
+
+
+def test_a_version_int_cannot_read_is_still_answered() -> None:
+    """MSH-12 "²" is a digit to ``str.isdigit`` but no number to ``int()``: the refusal is answered."""
+    issue = Issue("E", 203, "MSH-12 version '²' is not an HL7 v2 version", "MSH-12")
+    ack = build_ack(
+        header("MSH|^~\\&|A|B|C|D|2026||ADT^A01|9|P|²"),
+        "AR",
+        ack_control_id="1",
+        issues=[issue],
+        application="H",
+        facility="R",
+        now=NOW,
+    )
+    msh, msa, err = ack.rstrip("\r").split("\r")
+    assert fields(msh)[11] == "²"
+    assert msa == "MSA|AR|9|MSH-12 version '²' is not an HL7 v2 version"
+    assert err.startswith("ERR|MSH^1^12^203")
+
+
+def test_acks_to_one_sender_differ_only_in_time_ids_and_issues() -> None:
+    """The parts of an ACK kept per sender never leak between senders, times or control ids."""
+    first = header("MSH|^~\\&|A|B|C|D|2026||ADT^A01|9|P|2.5")
+    again = header("MSH|^~\\&|A|B|C|D|2027||ADT^A01|11|P|2.5")  # the same sender's next message
+    other = header("MSH#$%*@#X#Y#Z#W#2026##ORU$R01#10#T#2.3")
+    later = datetime(2027, 1, 2, 3, 4, 5, tzinfo=UTC)
+    warning = [Issue("W", 102, "PID-3 fails | the check", "PID-3")]
+    acks = [
+        build_ack(h, code, ack_control_id=ack_id, issues=issues, application="H", facility="R", now=now)
+        for h, code, ack_id, issues, now in [
+            (first, "AA", "1", [], NOW),
+            (other, "AA", "2", warning, later),
+            (again, "CA", "3", warning, later),
+        ]
+    ]
+    assert acks == [
+        "MSH|^~\\&|C|D|A|B|20261125093000+0000||ACK^A01^ACK|1|P|2.5\rMSA|AA|9\r",
+        "MSH#$%*@#Z#W#X#Y#20270102030405+0000##ACK$R01$ACK#2#T#2.3\rMSA#AA#10\r"
+        "ERR#PID$1$3$102@PID-3 fails | the check@HL70357\r",
+        "MSH|^~\\&|C|D|A|B|20270102030405+0000||ACK^A01^ACK|3|P|2.5\rMSA|CA|11\r"
+        "ERR||PID^1^3|102^Data type error^HL70357|W||||PID-3 fails \\F\\ the check\r",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,7 +140,10 @@ def _alive(pid: int) -> bool:
 def test_sigterm_stops_every_part_and_the_database_and_a_restart_uses_the_same_data(tmp_path: Path) -> None:
     process = _start(tmp_path, "run")
     try:
-        head = _wait_for(process, "intake ready")
+        head = _wait_for(process, "heap settled")  # logged once everything has started (shared/heap.py)
+        assert "intake ready" in head
+        frozen = re.search(r"frozen_objects\W+(\d+)", head)  # text or JSON log
+        assert frozen is not None and int(frozen.group(1)) > 20_000, head[-2000:]
         state = read_state(tmp_path / "state")
         assert state is not None and state.owner_pid == process.pid
         # A second terminal: the operator commands find the running hub's database, start no other.

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fhir_referrals import referral as trust_referral
+from pymongo import AsyncMongoClient
 from pymongo.errors import (
     AutoReconnect,
     DocumentTooLarge,
@@ -26,14 +27,16 @@ from pymongo.errors import (
 from services.api.app import create_app
 from services.intake.hl7_keys import control_key
 from services.intake.service import IntakeService
+from shared.auth import Caller
 from shared.db_errors import database_failure, is_transient, safe_summary
 from shared.fhir import FHIR_JSON, FhirError, parse_json
 from shared.ids import MAX_KEY_BYTES, fitting_key
 from shared.settings import Settings
-from shared.store import Store
+from shared.store import Document, Store
 
 FHIR = {"Content-Type": FHIR_JSON}
 HL7 = {"Content-Type": "application/hl7-v2"}
+ENGINE = Caller("mllp:engine", "", frozenset({"system/hl7v2.c"}))
 
 
 def referral(number: str, **extra: Any) -> dict[str, Any]:
@@ -294,18 +297,79 @@ async def test_long_hl7v2_keys_are_stored_and_acknowledged(
 
 
 async def test_a_header_no_index_takes_is_refused_not_resent_and_its_bytes_kept(
-    client: httpx.AsyncClient, store: Store
+    client: httpx.AsyncClient, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A header field an index of the deployment cannot take (here an extra index on MSH-3) fails for
-    ever: AR (never AE "resend", which a sender would repeat for ever), and the bytes kept without it."""
+    ever: AR (never AE "resend", which a sender would repeat for ever), and the bytes kept without it.
+    The input caused it, not an outage: one warning names the record kept and what to do, no error."""
     await store.messages.create_index([("header.sending_application", 1)], name="operator_extra")
     message = _hl7("C3", "P" * 1500)
-    response = await client.post("/hl7v2", content=message, headers=HL7)
+    with caplog.at_level(logging.INFO):
+        response = await client.post("/hl7v2", content=message, headers=HL7)
     assert response.status_code == 200 and response.headers["x-ack-code"] == "AR", response.text
     assert "sending it again will not help" in response.text
-    doc = await store.messages.find_one({"_id": response.headers["x-message-id"]})
+    record_id = response.headers["x-message-id"]
+    doc = await store.messages.find_one({"_id": record_id})
     assert doc is not None and doc["raw"] == message and doc["status"] == "rejected"
     assert "KeyTooLong" in doc["reason"] or "17280" in doc["reason"]
+    # The record as stored: every field, in order, the header left out.
+    assert list(doc) == [
+        "_id", "received_at", "protocol", "channel", "peer", "caller", "raw", "size", "attempts", "status",
+        "reason", "header", "text", "charset", "issues", "ack", "correlation_id",
+    ]  # fmt: skip
+    assert doc["header"] is None and doc["text"] == message.decode("latin-1") and doc["size"] == len(message)
+    assert doc["issues"] == [{"severity": "E", "code": 207, "text": doc["reason"], "location": ""}]
+    assert doc["ack"]["code"] == "AR" and "MSA|AR|C3|" in doc["ack"]["text"]
+    assert doc["correlation_id"] == record_id and doc["attempts"] == 0
+    assert_one_warning(caplog, record_id, "index")
+
+
+def assert_one_warning(caplog: pytest.LogCaptureFixture, record_id: str, action: str) -> None:
+    """A refusal the input caused: one warning in one line naming the record and what to do; no error
+    (an operator's alerting keys on errors)."""
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+    [line] = warned
+    assert line.__dict__.get("record") == record_id, vars(line)
+    assert "because of the input" in line.getMessage() and action in line.getMessage(), line.getMessage()
+    assert line.exc_info is None and "\n" not in line.getMessage()
+
+
+async def test_a_fhir_body_no_index_takes_is_refused_kept_and_logged_as_a_warning(
+    client: httpx.AsyncClient, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resource's free text that an index added to the deployment cannot take: 422, kept, a warning."""
+    await store.resources.create_index([("resource.note.text", 1)], name="operator_extra")
+    body = json.dumps(referral("LONG-NOTE", note=[{"text": "n" * 1500}])).encode()
+    with caplog.at_level(logging.INFO):
+        response = await client.post("/fhir/ServiceRequest", content=body, headers=FHIR)
+    assert_outcome(response, 422)
+    [kept] = await rejected(store)
+    assert kept["raw"] == body and kept["http_status"] == 422
+    assert_one_warning(caplog, kept["_id"], "index")
+
+
+async def test_a_database_outage_is_still_logged_as_an_error(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No server to write to (a real client, nothing listening): an outage, logged as an error."""
+    dead: AsyncMongoClient[Document] = AsyncMongoClient(
+        "mongodb://127.0.0.1:9/?serverSelectionTimeoutMS=300&connectTimeoutMS=300"
+    )
+    service = IntakeService(settings, Store(dead, "unreachable"))
+    await service.start(mllp=False)
+    try:
+        with caplog.at_level(logging.INFO):
+            reply = await service.hl7.receive(_hl7("DOWN1"), channel="http", peer="test", caller=ENGINE)
+    finally:
+        await service.stop()
+        await dead.close()
+    assert reply.code == "AE" and not reply.stored
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["inbound records not stored"], [r.getMessage() for r in caplog.records]
+    assert errors[0].__dict__["error"] == "ServerSelectionTimeoutError"
+    assert not [r for r in caplog.records if "because of the input" in r.getMessage()]
 
 
 def test_short_hl7v2_keys_do_not_change() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -319,7 +320,7 @@ async def test_thousands_of_unmapped_segments_give_a_bounded_outcome_with_counts
 
 
 async def test_a_message_too_large_to_write_fails_alone_and_its_batch_maps_in_the_same_cycle(
-    intake: IntakeService,
+    intake: IntakeService, caplog: pytest.LogCaptureFixture
 ) -> None:
     for i in range(4):
         assert msa(await send_mllp(intake, ref(f"GOOD{i}")))[1] == "AA"
@@ -338,7 +339,13 @@ async def test_a_message_too_large_to_write_fails_alone_and_its_batch_maps_in_th
     planted.pop("control_key", None)
     await intake.store.messages.insert_one(planted)
     worker = MapperWorker(intake.store, make_mapper(), WorkerConfig())
-    assert await worker.run_once() == 5  # one cycle
+    with caplog.at_level(logging.INFO):
+        assert await worker.run_once() == 5  # one cycle
+    # The message's own size, not an outage: one warning naming it and what to do, never an error.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    [warned] = [r for r in caplog.records if "because of the input" in r.getMessage()]
+    assert warned.levelno == logging.WARNING and warned.__dict__["record"] == "planted" and warned.exc_info is None
+    assert "MSCC_LIMIT_" in warned.getMessage()  # the setting that keeps such messages out at intake
     failed = await record(intake.store, "PLANTED")
     assert failed["status"] == "failed" and "next_attempt_at" not in failed
     assert failed["processing"]["outcome"]["issue"][0]["code"] == "too-costly"

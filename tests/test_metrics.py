@@ -167,6 +167,26 @@ async def test_queue_depth_and_lag_are_read_from_the_database_when_scraped(intak
     assert drained["mscc_outbox_oldest_pending_seconds"][0][1] >= 0
 
 
+async def test_a_message_held_for_review_is_counted_as_needs_review_not_mapped(intake: IntakeService) -> None:
+    """The same NHS number, another birth date and sex: the mapper holds the second message."""
+    outcomes = ("mapped", "needs-review")
+    before = {o: value("mscc_mapper_messages_total", outcome=o) for o in outcomes}
+    # The series is there before any message is held, so an alert's increase() sees the first one.
+    assert REGISTRY.get_sample_value("mscc_mapper_messages_total", {"outcome": "needs-review"}) is not None
+
+    await send(intake, adt("MET-H1"))
+    await MapperService(intake.store).run(asyncio.Event(), burst=True)
+    other = adt("MET-H2").replace(b"DEMO^ALEX||19580214|M", b"OTHER^SAM||19901231|F")
+    assert b"OTHER^SAM" in other
+    await send(intake, other)
+    await MapperService(intake.store).run(asyncio.Event(), burst=True)
+
+    statuses = {d["header"]["control_id"]: d["status"] async for d in intake.store.messages.find({})}
+    assert statuses == {"MET-H1": "mapped", "MET-H2": "needs-review"}
+    after = {o: value("mscc_mapper_messages_total", outcome=o) for o in outcomes}
+    assert {o: after[o] - before[o] for o in outcomes} == {"mapped": 1, "needs-review": 1}
+
+
 async def test_a_database_that_does_not_answer_never_holds_the_scrape(settings: Settings) -> None:
     # A real port nobody listens on: the driver would wait 10 s to select a server.
     client = connect("mongodb://127.0.0.1:9/?directConnection=true")

@@ -235,3 +235,13 @@ async def test_resend_with_new_timestamp_and_line_endings_is_a_duplicate(intake:
         ack2 = await client.send(resent)
     assert ack1 == ack2
     assert len(await records(intake.store, {"header.control_id": "RESEND1"})) == 1
+
+
+async def test_a_version_int_cannot_read_is_refused_and_kept(intake: IntakeService) -> None:
+    """MSH-12 "²" (byte B2): a digit to ``str.isdigit`` but no number to ``int()``; answered AR, kept."""
+    message = adt("VER1").replace(b"|P|2.5|", b"|P|\xb2|")
+    async with connection(intake.mllp.port) as client:
+        reply = await client.send(message)
+    assert msa(reply)[1:3] == ["AR", "VER1"]
+    (kept,) = await records(intake.store)
+    assert kept["status"] == "rejected" and "is not an HL7 v2 version" in kept["reason"]

@@ -319,6 +319,45 @@ async def test_a_dry_run_names_what_a_referral_produces_and_why_a_message_fails(
     assert report["by_message_type"]["REF^I12"]["resources"]["ServiceRequest"] == 1
 
 
+async def test_a_dry_run_predicts_the_refusal_of_a_long_identifier(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Intake refuses an identifier over an index key's size before it answers; so does the dry run."""
+    long_pid = message("D3").replace(b"~XD3^", b"~" + b"P" * 1500 + b"^")  # PID-3's local number
+    assert b"~" + b"P" * 1500 + b"^^^RBL^MR|" in long_pid
+    (tmp_path / "log.hl7").write_bytes(long_pid)
+    run = await replay(capsys, tmp_path, "--dry-run", "--json")
+    assert run.code == 1, run
+    failures = run.summary()["by_message_type"]["REF^I12"]["failures"]  # type: ignore[index]
+    [reason] = failures
+    assert reason.startswith("intake refuses it (AR, code 102 at PID-3)"), reason
+    assert "1500 bytes" in reason
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("MSCC_LIMIT_SEGMENTS", "10"),
+        ("MSCC_LIMIT_TRANSACTION_BYTES", str(1024 * 1024)),
+        ("MSCC_MLLP_MAX_MESSAGE_BYTES", "100000"),
+    ],
+)
+async def test_a_dry_run_predicts_the_refusals_of_intakes_limits(
+    setting: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limits intake refuses by (segments, the write estimate, the size) are the dry run's too: a
+    referral with twelve notes of 20 KB maps under the defaults and is refused under each lower limit."""
+    notes = "".join(f"NTE|{n}||{'note ' * 4000}\r" for n in range(1, 13)).encode()
+    (tmp_path / "log.hl7").write_bytes(message("D4") + notes)
+    run = await replay(capsys, tmp_path, "--dry-run")
+    assert run.code == 0 and "REF^I12: 1 messages, 1 would map" in run.out, run.out
+    monkeypatch.setenv(setting, value)
+    run = await replay(capsys, tmp_path, "--dry-run")
+    assert run.code == 1, run
+    assert "REF^I12: 1 messages, 0 would map" in run.out
+    assert "intake refuses it (AR" in run.out and setting in run.out, run.out
+
+
 # --- resume, failures, exit status -----------------------------------------------------------------------
 
 

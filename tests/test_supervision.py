@@ -596,7 +596,7 @@ async def test_the_runner_supervises_every_background_task(
     registry = TaskRegistry()
     config = settings.model_copy(update={"mongodb_uri": mongodb_uri, "sla_scan_interval_s": 0.1})
     loop = asyncio.get_running_loop()
-    task = asyncio.create_task(serve(config, parts=("mapper", "notifier"), registry=registry))
+    task = asyncio.create_task(serve(config, parts=("mapper", "notifier"), registry=registry, settle_heap=False))
     try:
         wanted = {"mapper", "pathway", "notifier-fanout", "notifier-delivery"}
         for _ in range(300):

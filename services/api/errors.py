@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from shared.auth import Caller
-from shared.db_errors import database_failure, safe_summary
+from shared.db_errors import database_failure, log_failure
 from shared.fhir import FhirError
 from shared.http_server import PartialBody, outcome_response
 from shared.retry import TransientError
@@ -61,7 +61,8 @@ def install(app: FastAPI) -> None:
         """A database failure no route turned into an answer: 503 when transient, so the client sends
         again; otherwise the permanent failure's own status (``shared.db_errors.database_failure``)."""
         error = database_failure(exc, f"{request.method} {request.url.path}")
-        log.error("database error", extra={"path": request.url.path, "status": error.status, **safe_summary(exc)})
+        # An outage is an error; a write refused because of the request itself, a warning saying what to do.
+        log_failure(log, "database error", exc, path=request.url.path, status=error.status)
         if request.url.path.startswith("/fhir"):
             return outcome_response(error)
         headers = {"Retry-After": "5"} if error.status == 503 else None

@@ -24,7 +24,7 @@ from bson.errors import BSONError
 from pymongo.errors import PyMongoError
 
 from shared.auth import Caller
-from shared.db_errors import database_failure, safe_summary
+from shared.db_errors import database_failure, log_failure, refused_input, safe_summary
 from shared.fhir import (
     FHIR_VERSION,
     FhirError,
@@ -67,8 +67,10 @@ CREATE_RETRY = TransactionRetry(attempts=8)
 
 def _unavailable(what: str, exc: BaseException) -> FhirError:
     """The answer to a database failure: 503 "send it again" only when transient, a 4xx when it never
-    succeeds (``shared.db_errors``). The log gets the error's class and code, never its text."""
-    log.error("FHIR intake: database error", extra={"what": what, **safe_summary(exc)})
+    succeeds (``shared.db_errors``). The log gets the error's class and code, never its text; a refusal
+    the body caused is logged once the body is kept, naming its record (``keep_rejected``)."""
+    if refused_input(exc) is None:
+        log.error("FHIR intake: database error", extra={"what": what, **safe_summary(exc)})
     return database_failure(exc, what)
 
 
@@ -136,13 +138,25 @@ class FhirIntake:
         ).to_doc()
 
     async def keep_rejected(
-        self, body: bytes, error: FhirError, caller: Caller, peer: str, header: dict[str, Any]
+        self,
+        body: bytes,
+        error: FhirError,
+        caller: Caller,
+        peer: str,
+        header: dict[str, Any],
+        refused: BaseException | None = None,
     ) -> None:
-        """Keep a refused body with the OperationOutcome it was answered with (then re-raise)."""
+        """Keep a refused body with the OperationOutcome it was answered with (then re-raise).
+        ``refused``: the database's refusal that ``error`` answers, logged once as a warning naming the
+        record kept when the body itself caused it (``shared.db_errors.refused_input``)."""
+        record = self._rejected(body, error, caller, peer, header)
         try:
-            await self._committer.commit([self._rejected(body, error, caller, peer, header)])
+            await self._committer.commit([record])
         except StoreUnavailable as exc:
-            log.error("rejected FHIR body not stored", extra={"reason": str(exc)})
+            log_failure(log, "rejected FHIR body not stored", exc.failure, record=record["_id"], reason=str(exc))
+            return
+        if refused_input(refused):
+            log_failure(log, "FHIR body refused and kept as a rejected record", refused, record=record["_id"])
 
     async def refuse_oversize(
         self, head: bytes, size: int, limit: int, caller: Caller, peer: str, header: dict[str, Any]
@@ -154,10 +168,11 @@ class FhirIntake:
             "too-costly",
             f"body of {size} bytes exceeds the limit of {limit} bytes (MSCC_MLLP_MAX_MESSAGE_BYTES)",
         )
+        record = self._rejected(head, error, caller, peer, header, size)
         try:
-            await self._committer.commit([self._rejected(head, error, caller, peer, header, size)])
+            await self._committer.commit([record])
         except StoreUnavailable as exc:
-            log.error("oversize FHIR body not stored", extra={"reason": str(exc)})
+            log_failure(log, "oversize FHIR body not stored", exc.failure, record=record["_id"], reason=str(exc))
         return error
 
     async def _read(self, body: bytes, read: Callable[..., _T | Refused], args: tuple[Any, ...], who: _Who) -> _T:
@@ -210,7 +225,7 @@ class FhirIntake:
             except (PyMongoError, BSONError) as exc:
                 raise _unavailable(f"{resource_type} not stored", exc) from exc
         except FhirError as error:
-            await self.keep_rejected(body, error, caller, peer, header)
+            await self.keep_rejected(body, error, caller, peer, header, refused=error.__cause__)
             raise
         if reply.status != 201:
             received.count_duplicate_create(resource_type, caller.ods_code, reply.body.get("id"))
@@ -380,10 +395,11 @@ class FhirIntake:
         try:
             [committed] = await self._committer.commit([record])
         except StoreUnavailable as exc:
-            log.error("FHIR Bundle not stored", extra={"reason": str(exc)})
+            if not refused_input(exc.failure):  # else logged with the record kept for it (keep_rejected)
+                log.error("FHIR Bundle not stored", extra={"reason": str(exc), "record": record["_id"]})
             if exc.failure is not None and not exc.transient:
                 refusal = database_failure(exc.failure, "the Bundle was not stored")
-                await self.keep_rejected(body, refusal, caller, peer, header)
+                await self.keep_rejected(body, refusal, caller, peer, header, refused=exc.failure)
                 raise refusal from exc
             raise FhirError(
                 503, "transient", "the Bundle was not stored (database unavailable), send it again"

@@ -14,11 +14,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pymongo.errors import PyMongoError
 
 from shared.auth import Caller
+from shared.db_errors import log_failure, refused_input
 from shared.limits import DEFAULT_LIMITS, Limits
 from shared.messages import HL7V2, HL7V2_BATCH, RAW_FROM_TEXT_BYTES, MessageRecord
 from shared.store import Document
@@ -37,8 +38,9 @@ from .trust import hl7_trust
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Reply:
+# Reply and Arrival are named tuples, not frozen dataclasses: as immutable, and made three times faster
+# (a frozen dataclass sets each field through object.__setattr__); one of each is made for every frame.
+class Reply(NamedTuple):
     """The acknowledgement. ``send`` is False where MSH-15 asked for none (MLLP then stays silent);
     ``stored`` is False when nothing could be written (the ACK then asks the sender to resend)."""
 
@@ -51,8 +53,7 @@ class Reply:
     charset: str = "utf-8"
 
 
-@dataclass(frozen=True)
-class Arrival:
+class Arrival(NamedTuple):
     """Where and when a frame came from: kept on every record made from it."""
 
     now: datetime
@@ -268,12 +269,20 @@ class Hl7Intake:
         record = arrival.accepted(record_id, raw, read, ack_text, dedup or None, batch, trust, text_is_raw)
         return record, header
 
-    async def _commit(self, docs: list[Document]) -> list[Committed] | StoreUnavailable:
-        """The records written, or why not (its text names only the database error's class and code)."""
+    async def _commit(
+        self, docs: list[Document], *, kept_if_refused: bool = False
+    ) -> list[Committed] | StoreUnavailable:
+        """The records written, or why not (its text names only the database error's class and code),
+        logged in one line: an outage as an error, a refusal the records caused as a warning, unless
+        ``kept_if_refused`` (the caller keeps the bytes as a rejected record and names that one)."""
         try:
             return await self._committer.commit(docs)
         except StoreUnavailable as exc:
-            log.error("inbound records not stored", extra={"reason": str(exc), "count": len(docs)})
+            if not (kept_if_refused and refused_input(exc.failure)):
+                ids = [doc["_id"] for doc in docs[:20]]  # a batch's first records: the line stays short
+                log_failure(
+                    log, "inbound records not stored", exc.failure, records=ids, count=len(docs), reason=str(exc)
+                )
             return exc
 
     def _unavailable(self, header: MessageHeader | None, now: datetime) -> Reply:
@@ -293,11 +302,12 @@ class Hl7Intake:
 
     async def _receive_one(self, data: bytes, scan: MessageScan, arrival: Arrival) -> Reply:
         record, header = self._prepare(scan, data, arrival)
-        committed = await self._commit([record.to_doc()])
+        committed = await self._commit([record.to_doc()], kept_if_refused=True)
         if isinstance(committed, StoreUnavailable) and not committed.transient:
             # Never "resend" what can never be stored (a sender would retry for ever): AR, kept if it can be.
             reason = f"the message cannot be stored ({committed}): sending it again will not help"
-            return await self._store_rejection(data, header, Rejection(APPLICATION_INTERNAL_ERROR, reason), arrival)
+            rejection = Rejection(APPLICATION_INTERNAL_ERROR, reason)
+            return await self._store_rejection(data, header, rejection, arrival, refused=committed.failure)
         if isinstance(committed, StoreUnavailable):
             return self._unavailable(header, arrival.now)
         stored = await self._stored(committed[0], arrival.now)
@@ -330,26 +340,28 @@ class Hl7Intake:
         *,
         size: int | None = None,
         original_mode: bool = False,
+        refused: BaseException | None = None,
     ) -> Reply:
         """Keep refused bytes with the reason and answer AR (always sent). ``size``: the full size of a
         frame of which only ``data``, its first bytes, is kept. ``original_mode`` answers an envelope:
-        its messages' MSH-15/16 say nothing about how to answer the envelope itself."""
+        its messages' MSH-15/16 say nothing about how to answer the envelope itself. ``refused``: the
+        database's refusal of the message as accepted; one warning names the record kept for it."""
         record_id = new_id()
         issue = Issue("E", rejection.code, rejection.reason, rejection.location)
         text = self._ack(header, rejection.ack, record_id, [issue], arrival.now, original_mode=original_mode)
         ack = {"code": rejection.ack, "text": text}
         record = arrival.rejected(
             record_id, data, rejection.reason, issue, header, ack, size=size, truncated=size is not None
-        )
-        failed = await self._commit([record.to_doc()])
+        ).to_doc()
+        failed = await self._commit([record], kept_if_refused=header is not None)
         if isinstance(failed, StoreUnavailable) and not failed.transient and header is not None:
             # The header itself cannot be stored (an indexed field no index takes): keep the bytes without it.
-            record = arrival.rejected(
-                record_id, data, rejection.reason, issue, None, ack, size=size, truncated=size is not None
-            )
-            failed = await self._commit([record.to_doc()])
+            refused = refused or (failed.failure if refused_input(failed.failure) else None)
+            failed = await self._commit([{**record, "header": None}])
         if isinstance(failed, StoreUnavailable):
             return self._unavailable(header, arrival.now)
+        if refused_input(refused):
+            log_failure(log, "message refused and kept as a rejected record", refused, record=record_id)
         code = rejection.ack if original_mode else ack_code(rejection.ack, header)
         return Reply(text.encode("utf-8"), code, (record_id,))
 

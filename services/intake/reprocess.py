@@ -12,7 +12,11 @@ What happens depends on where the message stopped:
 Either way the original record stays as it was, with ``reprocessed`` (when, by whom, the outcome) and
 ``reprocessed_as`` (the new record ids); each new record has ``reprocess_of`` (the original's id). A
 record is reprocessed once: the new record is the one to reprocess next. The original is claimed by a
-guarded update before anything is made, so two operators cannot both reprocess it.
+guarded update before anything is made, so two operators cannot both reprocess it. The claim is a
+leased mark (``shared/reprocess_mark.py``), renewed while intake works: a run killed before it wrote
+the outcome leaves a mark that expires, and the record is then interrupted, not reprocessed, and taken
+over by the next run (which links the records the killed run made, if any). A copy for the mapper is
+claimed and queued in one transaction: a kill leaves nothing.
 
 Not reprocessed, with the reason: records in any other status; records cut at intake (only their first
 bytes are kept) or kept without an answer (a cut or stalled frame), which may be incomplete; rejected
@@ -27,8 +31,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared import reprocess_mark
 from shared.auth import Caller
 from shared.fhir import FhirError
+from shared.leases import LeaseKeeper
 from shared.message_query import MessageFilter
 from shared.messages import FHIR, MessageRecord
 from shared.retry import TransientError, run_transaction
@@ -39,7 +45,6 @@ from .service import IntakeService
 
 THROUGH_INTAKE = frozenset({"rejected"})
 TO_MAPPER = frozenset({"failed", "dead"})
-NOT_YET = {"reprocessed_as": {"$exists": False}, "reprocessed": {"$exists": False}}
 _COPY_DROPS = ("reprocessed_as", "reprocess_of")
 
 
@@ -67,15 +72,21 @@ class Outcome:
         }
 
 
-def plan(record: MessageRecord, raw_kept: bool = True) -> Outcome:
-    """What reprocessing ``record`` would do, without doing it (``done`` False either way)."""
+def plan(record: MessageRecord, raw_kept: bool = True, now: datetime | None = None) -> Outcome:
+    """What reprocessing ``record`` would do, without doing it (``done`` False either way). A record whose
+    earlier run was interrupted is reprocessed as if it had not been."""
 
     def refused(why: str) -> Outcome:
         return Outcome(record.id, record.status, "none", False, note=why)
 
-    if record.extra.get("reprocessed_as") or record.reprocessed:
+    mark = reprocess_mark.state(record, now or datetime.now(UTC))
+    if mark == reprocess_mark.DONE:
         made = ", ".join(str(r) for r in record.extra.get("reprocessed_as") or [] if r) or "another record"
         return refused(f"already reprocessed as {made}: reprocess that record instead")
+    if mark == reprocess_mark.RUNNING:
+        by, until = (record.reprocessed or {}).get("by") or "?", reprocess_mark.expires(record)
+        when = until.strftime("%Y-%m-%dT%H:%M:%SZ") if until else "?"
+        return refused(f"being reprocessed by {by} now (its mark holds until {when} unless renewed): look again later")
     if record.status == "needs-review":
         return refused("held for review: decide it with 'mscc messages apply' or 'mscc messages reject'")
     if record.status not in THROUGH_INTAKE | TO_MAPPER:
@@ -99,9 +110,9 @@ def plan(record: MessageRecord, raw_kept: bool = True) -> Outcome:
 
 
 async def select(store: Store, where: MessageFilter, limit: int) -> list[MessageRecord]:
-    """The records a ``--status`` (and other filters) selection names that were not reprocessed yet,
-    oldest first (the order they arrived in), at most ``limit``."""
-    query = dataclasses.replace(where, extra=NOT_YET).query()
+    """The records a ``--status`` (and other filters) selection names that were not reprocessed yet (or
+    whose run was interrupted), oldest first (the order they arrived in), at most ``limit``."""
+    query = dataclasses.replace(where, extra=reprocess_mark.claimable(datetime.now(UTC))).query()
     cursor = store.messages.find(query).sort("received_at", 1).limit(limit)
     return [MessageRecord.from_doc(doc) async for doc in cursor]
 
@@ -121,6 +132,10 @@ class Reprocessor:
         self._store = store
         self._by = by
         self._intake: IntakeService | None = None
+        self._token = f"reprocess-{uuid.uuid4().hex[:12]}"  # the owner of this run's marks
+        self._leases = LeaseKeeper(
+            store.messages, "reprocessed", settings.reprocess_lease_s, settings.lease_heartbeat_s
+        )
 
     async def __aenter__(self) -> Reprocessor:
         return self
@@ -139,10 +154,11 @@ class Reprocessor:
         return planned
 
     async def _claim(self, record: MessageRecord, now: datetime, session: Any = None) -> bool:
-        """Mark the original as being reprocessed, if it is still as read and not reprocessed yet."""
+        """Mark the original as being reprocessed (a leased mark), if it is still as read and not
+        reprocessed yet, or its earlier run was interrupted."""
         claimed = await self._store.messages.update_one(
-            {"_id": record.id, "status": record.status, **NOT_YET},
-            {"$set": {"reprocessed": {"at": now, "by": self._by, "outcome": "in progress", "records": []}}},
+            {"_id": record.id, "status": record.status, **reprocess_mark.claimable(now)},
+            {"$set": {"reprocessed": reprocess_mark.mark(self._by, self._token, now, self._leases.until())}},
             session=session,
         )
         return claimed.modified_count == 1
@@ -197,20 +213,26 @@ class Reprocessor:
 
     async def _through_intake(self, record: MessageRecord) -> Outcome:
         now = datetime.now(UTC)
+        # A run killed after intake stored its records: those are this record's too, so look from then.
+        was = reprocess_mark.state(record, now)
+        interrupted = reprocess_mark.started(record) if was == reprocess_mark.INTERRUPTED else None
         if not await self._claim(record, now):
             return Outcome(record.id, record.status, "none", False, note="changed or reprocessed meanwhile: look again")
+        async with self._leases.holding(self._token):
+            return await self._send_claimed(record, now, interrupted)
+
+    async def _send_claimed(self, record: MessageRecord, now: datetime, interrupted: datetime | None) -> Outcome:
         if self._intake is None:
             self._intake = IntakeService(self._settings, self._store)
             await self._intake.start(mllp=False)
         marker = f"reprocess:{record.id}"
-        started = now - timedelta(seconds=1)  # stored times keep milliseconds only
+        started = min(now, interrupted or now) - timedelta(seconds=1)  # stored times keep milliseconds only
+        mine = {"_id": record.id, "reprocessed.owner": self._token}
         try:
             answer = await self._send(self._intake, record, marker)
         except BaseException:
             # Nothing was answered: release the claim so the record can be reprocessed again.
-            await self._store.messages.update_one(
-                {"_id": record.id, "reprocessed.outcome": "in progress"}, {"$unset": {"reprocessed": ""}}
-            )
+            await self._store.messages.update_one(mine, {"$unset": {"reprocessed": ""}})
             raise
         new_ids = [
             doc["_id"]
@@ -221,10 +243,13 @@ class Reprocessor:
         if new_ids:
             await self._store.messages.update_many({"_id": {"$in": new_ids}}, {"$set": {"reprocess_of": record.id}})
         done = {"at": now, "by": self._by, "outcome": answer, "records": new_ids}
-        await self._store.messages.update_one(
-            {"_id": record.id}, {"$set": {"reprocessed": done, "reprocessed_as": new_ids}}
+        written = await self._store.messages.update_one(
+            mine, {"$set": {"reprocessed": done, "reprocessed_as": new_ids}}
         )
-        return Outcome(record.id, record.status, "intake", True, tuple(new_ids), answer, "through intake again")
+        note = "through intake again" + (" (taking over an interrupted run)" if interrupted else "")
+        if written.matched_count == 0:  # the lease ran out (the database away) and another run took over
+            note += "; another run took the record over meanwhile: see 'mscc messages show'"
+        return Outcome(record.id, record.status, "intake", True, tuple(new_ids), answer, note)
 
     @staticmethod
     async def _send(service: IntakeService, record: MessageRecord, marker: str) -> str:

@@ -46,11 +46,13 @@ from pymongo import UpdateOne
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WriteConcernError
 
 from shared import correlation
+from shared.db_errors import describe, log_failure, refused_input
 from shared.leases import LeaseKeeper
 from shared.limits import DEFAULT_LIMITS, TOO_LARGE_TEXT, Limits, pack, record_write_bytes, too_large
 from shared.metrics import MAPPER_MESSAGES
 from shared.records import MessageOutcome
 from shared.retry import Backoff, retryable
+from shared.review import NEEDS_REVIEW
 from shared.settings import Settings
 from shared.store import Document, Store
 from shared.supervision import Heartbeat
@@ -98,6 +100,7 @@ class WorkerConfig:
 class WorkerStats:
     claimed: int = 0
     mapped: int = 0
+    held: int = 0  # held for review (status needs-review): nothing of theirs written yet
     failed: int = 0
     retried: int = 0
     dead: int = 0
@@ -255,9 +258,14 @@ class MapperWorker:
         """Write ``mapped``; on a failure that is not the database's, again one message at a time, so
         that only the message that cannot be written fails (with the exception in its outcome)."""
         try:
-            await self._writer.commit(mapped, token)
-            self.stats.mapped += len(mapped)
-            _finished(mapped, "mapped")
+            held = (await self._writer.commit(mapped, token)).held
+            # A message held for review is not mapped: it waits for an operator, counted on its own.
+            waiting = [item for item in mapped if item[0]["_id"] in held]
+            done = [item for item in mapped if item[0]["_id"] not in held]
+            self.stats.mapped += len(done)
+            self.stats.held += len(waiting)
+            _finished(done, "mapped")
+            _finished(waiting, NEEDS_REVIEW)
             return
         except LeaseLost as exc:
             log.warning("lease lost; another worker maps these messages", extra={"reason": str(exc)})
@@ -270,14 +278,17 @@ class MapperWorker:
         if len(mapped) > 1:
             log.warning(
                 "batch could not be written; writing its messages one at a time",
-                extra={"messages": len(mapped), "reason": repr(error)[:300]},
+                extra={"messages": len(mapped), "reason": describe(error)},  # never the text: it can hold content
             )
             for item in mapped:
                 await self._commit([item], token)
             return
         doc = mapped[0][0]
-        log.error("mapped resources could not be written", exc_info=error, extra={"record": doc["_id"]})
         cause = error.__cause__ if isinstance(error, TransientError) and error.__cause__ else error
+        if refused_input(cause):  # the message's own resources: a warning saying what to do, not an outage
+            log_failure(log, "mapped resources could not be written", cause, record=doc["_id"])
+        else:
+            log.error("mapped resources could not be written", exc_info=error, extra={"record": doc["_id"]})
         issues = [issue("fatal", "exception", f"the mapped resources could not be written: {cause!r}"[:2000])]
         if too_large(error):  # permanent: never retried as if the database were away
             issues.insert(0, issue("fatal", "too-costly", TOO_LARGE_TEXT))

@@ -91,6 +91,15 @@ def _run_patch(batch: _Batch, patch: Patch) -> Resource:
     return patch.apply_with(current, context)
 
 
+@dataclass(frozen=True)
+class Committed:
+    """What one commit did: each message's resource facts, and the messages held for review (status
+    ``needs-review``: nothing of theirs written but the review Task), which are not "mapped"."""
+
+    written: dict[str, list[Written]]
+    held: frozenset[str]
+
+
 class ResourceWriter:
     def __init__(
         self,
@@ -102,8 +111,9 @@ class ResourceWriter:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._future_skew = future_skew
 
-    async def commit(self, mapped: list[tuple[Document, MappingResult]], owner: str) -> dict[str, list[Written]]:
-        """Write every result and mark its message "mapped" (if ``owner`` still holds its lease).
+    async def commit(self, mapped: list[tuple[Document, MappingResult]], owner: str) -> Committed:
+        """Write every result and mark its message "mapped", or "needs-review" when it is held (if
+        ``owner`` still holds its lease).
 
         Retries conflicts with backoff; ``TransientError`` if the database keeps failing.
         """
@@ -112,7 +122,7 @@ class ResourceWriter:
         except PyMongoError as exc:
             raise TransientError(f"database error while writing resources: {exc}") from exc
 
-    async def _commit_once(self, mapped: list[tuple[Document, MappingResult]], owner: str) -> dict[str, list[Written]]:
+    async def _commit_once(self, mapped: list[tuple[Document, MappingResult]], owner: str) -> Committed:
         keys = {_key(r["resourceType"], r["id"]) for _, res in mapped for r in res.resources}
         keys |= {_key(p.resource_type, p.resource_id) for _, res in mapped for p in res.patches}
         keys |= {k for _, res in mapped for p in res.patches for k in p.reads}
@@ -151,7 +161,7 @@ class ResourceWriter:
             async with await session.start_transaction(write_concern=DURABLE):
                 await write_versions(self._store, batch.versions, session=session)
                 await self._finish_messages(mapped, written, owner, batch, session)
-        return written
+        return Committed(written, frozenset(batch.held))
 
     def _apply_message(self, batch: _Batch, message: Document, result: MappingResult) -> list[Written]:
         """Apply one message's resources and patches to the batch; [] when it is held for review."""

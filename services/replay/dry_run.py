@@ -1,13 +1,17 @@
 """``--dry-run``: what a replay would produce, worked out locally with the hub's own code; nothing sent,
 no database needed.
 
-Each message goes through intake's lean read (``services.intake.header``: would intake refuse it, and
-with what reason) and then the mapper's dispatch (``services.mapper.dispatch.make_mapper``, with the
-``MSCC_MAPPING_FILE`` configuration when set), exactly as the hub would map it once stored. FHIR lines
-are checked and turned into the record intake would keep (``services.intake.fhir_accepted``) as the
-development client would post them, then mapped the same way. Batches are read message by message, as
-intake splits them. What the mapping needs from the database (the stored patient to match, the version
-to update) is not consulted: a dry run says what a message describes, not what would change.
+Each message goes through intake's own scan (``services.intake.hl7_scan``: the limits of
+``shared/limits.py`` with the ``MSCC_LIMIT_*`` settings, the lean read, the length of its identifiers:
+would intake refuse it, and with what reason) and then the mapper's dispatch
+(``services.mapper.dispatch.make_mapper``, with the ``MSCC_MAPPING_FILE`` configuration when set),
+exactly as the hub would map it once stored. FHIR lines are checked as intake checks them (limits,
+parse, validation: ``services.intake.fhir_parse``) and turned into the record intake would keep
+(``services.intake.fhir_accepted``) as the development client would post them, then mapped the same
+way. The sender allow-list is not consulted (it is the hub's configuration, not the file's). Batches
+are read message by message, as intake splits them. What the mapping needs from the database (the
+stored patient to match, the version to update) is not consulted: a dry run says what a message
+describes, not what would change.
 
 The report groups messages by type: how many, how many would map, the resource types the mapping
 produces (resources and the changes it derives, such as a referral's assessment Encounter and pathway
@@ -22,15 +26,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from services.intake.fhir_accepted import bundle_record, created_record, prepared_create, read_body
+from services.intake.fhir_accepted import bundle_record, created_record, prepared_create
 from services.intake.fhir_ids import business_id
-from services.intake.header import Rejection, read_message
+from services.intake.fhir_parse import checked
+from services.intake.header import Rejection
+from services.intake.hl7_scan import scan_frame
 from services.mapper.dispatch import make_mapper
 from services.mapper.hl7.config import MappingConfig
 from services.mapper.model import MappingError, MappingResult
 from shared.auth import DEV_SCOPES, Caller
-from shared.er7 import segment_spans
 from shared.fhir import FhirError
+from shared.limits import Limits
 from shared.settings import Settings
 from shared.store import Document
 
@@ -74,6 +80,7 @@ class DryRun:
     def __post_init__(self) -> None:
         self._map = make_mapper(self.mapping)
         self._caller = Caller(self.settings.dev_client_id, self.settings.dev_client_ods, DEV_SCOPES)
+        self._limits = Limits.from_settings(self.settings)  # the limits intake refuses by (shared/limits.py)
 
     @property
     def failed(self) -> int:
@@ -97,6 +104,13 @@ class DryRun:
     def _result(self, item: Item) -> MappingResult:
         if item.problem:
             raise _WouldFail(f"not sendable: {item.problem}")
+        size, limit = len(item.data), self._limits.message_bytes
+        if size > limit:  # intake refuses it as it reads (MLLP and HTTP alike), before any parse
+            answer = "AR" if item.kind == HL7V2 else "HTTP 413"
+            raise _WouldFail(
+                f"intake refuses it ({answer}): message of {size} bytes exceeds the limit of {limit} bytes "
+                "(MSCC_MLLP_MAX_MESSAGE_BYTES)"
+            )
         record = self._hl7_record(item) if item.kind == HL7V2 else self._fhir_record(item)
         try:
             return self._map(record)
@@ -107,13 +121,13 @@ class DryRun:
             raise _WouldFail(f"mapping fails: {type(exc).__name__}: {exc}") from exc
 
     def _hl7_record(self, item: Item) -> Document:
+        charsets = (self.settings.hl7_default_charset, self.settings.hl7_fallback_charset, None)
+        # Intake's own scan: the frame's limits, the lean read, the estimates, the identifiers' length.
+        scan = scan_frame(item.data, charsets, self._limits)
         try:
-            read = read_message(
-                item.data,
-                segment_spans(item.data),
-                default_charset=self.settings.hl7_default_charset,
-                fallback_charset=self.settings.hl7_fallback_charset,
-            )
+            if scan.refusal is not None:
+                raise scan.refusal.rejection()
+            read = scan.messages[0].accepted()
         except Rejection as exc:
             where = f" at {exc.location}" if exc.location else ""
             raise _WouldFail(f"intake refuses it ({exc.ack}, code {exc.code}{where}): {exc.reason}") from exc
@@ -126,7 +140,7 @@ class DryRun:
         service = self.settings.receiving_facility
         try:
             if kind == "Bundle":
-                data = read_body(item.data, FHIR_JSON, "Bundle")
+                data = checked(item.data, FHIR_JSON, "Bundle", self._limits)
                 return bundle_record(
                     data,
                     item.data,
@@ -139,7 +153,7 @@ class DryRun:
                 )
             if kind not in CREATE_TYPES:
                 raise _WouldFail(f"the hub creates only {', '.join(CREATE_TYPES)} at /fhir/{{type}}; send a Bundle")
-            data, warnings = prepared_create(read_body(item.data, FHIR_JSON, kind))
+            data, warnings = prepared_create(checked(item.data, FHIR_JSON, kind, self._limits))
             rid = business_id(kind, data, self._caller.ods_code) or str(uuid.uuid4())
             record, _ = created_record(
                 item.data, self._caller, "dry-run", record_id, now, kind, rid, data, warnings, service_ods=service

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from services.pathway.timeliness import GROUP_TEXT, GROUPS, Report
+from shared import reprocess_mark
 from shared.logging import redact
 from shared.message_query import MessageRow
 from shared.message_trace import Trace, instant, masked, segments
@@ -155,7 +156,8 @@ def message_page(found: Trace, csrf: str) -> Markup:
         deliveries,
     )
     again = ""
-    if record.status in ("rejected", "failed", "dead") and not record.reprocessed:
+    # Not reprocessed yet, or its run was interrupted (killed before it finished): it may be run again.
+    if record.status in ("rejected", "failed", "dead") and reprocess_mark.open_to_run(record, datetime.now(UTC)):
         again = action(f"/ui/messages/{record.id}/reprocess", "Reprocess", csrf)
     return join(
         [
