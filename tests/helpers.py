@@ -15,6 +15,7 @@ import uvicorn
 from services.api.app import create_app
 from services.intake.service import IntakeService
 from services.serving import QuietServer
+from shared.mllp import MllpClient
 from shared.mongod import free_port
 from shared.settings import Settings
 from shared.store import Store
@@ -77,3 +78,12 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+async def mllp_reply(intake: IntakeService, message: bytes, timeout_s: float = 60) -> bytes:
+    """What intake's MLLP listener answers to ``message``, sent on a connection of its own."""
+    client = await MllpClient.connect("127.0.0.1", intake.mllp.port, timeout_s=timeout_s)
+    try:
+        return await client.send(message)
+    finally:
+        await client.close()

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import mllp_reply
 
 from services.intake.reprocess import plan
 from services.intake.service import IntakeService
@@ -26,7 +27,6 @@ from shared.er7 import DEFAULT_SEPARATORS, segment_spans
 from shared.hl7_identifiers import IDENTIFIER_COMPONENTS, long_identifier
 from shared.ids import MAX_KEY_BYTES
 from shared.messages import MessageRecord
-from shared.mllp import MllpClient
 from shared.nhs import looks_like_ods_code
 from shared.store import Store
 
@@ -58,14 +58,6 @@ def err(reply: bytes) -> list[str]:
     return next(s for s in reply.split(b"\r") if s.startswith(b"ERR")).decode("latin-1").split("|")
 
 
-async def send(intake: IntakeService, message: bytes) -> bytes:
-    client = await MllpClient.connect("127.0.0.1", intake.mllp.port, timeout_s=30)
-    try:
-        return await client.send(message)
-    finally:
-        await client.close()
-
-
 async def rejected(store: Store) -> list[dict[str, Any]]:
     return await store.messages.find({"status": "rejected"}).to_list()
 
@@ -84,7 +76,7 @@ async def test_a_1500_byte_patient_identifier_is_refused_naming_the_field_and_ke
     intake: IntakeService, store: Store
 ) -> None:
     message = referral("LONG-PID", pid3="P" * 1500)
-    reply = await send(intake, message)
+    reply = await mllp_reply(intake, message)
     assert_refused_at(reply, "PID", 3, 1500)
     assert "PID-3" in msa(reply)[3]  # MSA-3 too, before v2.7
     [kept] = await rejected(store)
@@ -97,7 +89,7 @@ async def test_a_1500_byte_patient_identifier_is_refused_naming_the_field_and_ke
 
 async def test_a_500_byte_identifier_is_accepted_and_mapped(intake: IntakeService, store: Store) -> None:
     local = "P" * 500
-    reply = await send(intake, referral("OK-PID", pid3=local, visit="V" * 500))
+    reply = await mllp_reply(intake, referral("OK-PID", pid3=local, visit="V" * 500))
     assert msa(reply)[1] == "AA", reply
     await MapperService(intake.store).run(asyncio.Event(), burst=True)
     [record] = await store.messages.find({}).to_list()
@@ -117,7 +109,7 @@ async def test_a_500_byte_identifier_is_accepted_and_mapped(intake: IntakeServic
 async def test_a_long_visit_number_or_referral_id_is_refused(
     message: bytes, segment: str, number: int, size: int, intake: IntakeService, store: Store
 ) -> None:
-    reply = await send(intake, message)
+    reply = await mllp_reply(intake, message)
     assert_refused_at(reply, segment, number, size)
     [kept] = await rejected(store)
     assert kept["raw"] == message and f"{segment}-{number}" in kept["reason"]
@@ -135,7 +127,7 @@ async def test_over_http_the_same_refusal(http: httpx.AsyncClient, store: Store)
 async def test_the_size_is_of_utf8_after_decoding(intake: IntakeService, store: Store) -> None:
     # 300 bytes of ISO 8859-1 (MSH-18) are 600 bytes of UTF-8, as the identifier would be stored: refused.
     latin = referral("LATIN", pid3="\u00e9" * 300).replace(b"|P|2.5", b"|P|2.5||||||8859/1").decode()
-    reply = await send(intake, latin.encode("latin-1"))
+    reply = await mllp_reply(intake, latin.encode("latin-1"))
     assert_refused_at(reply, "PID", 3, 600)
     [kept] = await rejected(store)
     assert kept["header"]["charset"] == "8859/1"
