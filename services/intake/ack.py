@@ -103,15 +103,10 @@ def _head(header: MessageHeader | None, application: str, facility: str) -> _Hea
     if header is None:
         key: tuple[object, ...] = (None, application, facility)
     else:
-        seps, fields = header.separators, header.fields
-        # MSH-3..6, MSH-9's trigger event, MSH-11..12, MSH-18 (and the version read from MSH-12).
+        fields = header.fields
+        # The separators, MSH-3..6, MSH-9's trigger event, MSH-11..12, MSH-18 (and the version read from MSH-12).
         key = (
-            seps.field,
-            seps.component,
-            seps.repetition,
-            seps.escape,
-            seps.subcomponent,
-            seps.truncation,
+            header.separators,
             fields[2:6],
             header.trigger_event,
             fields[10:12],
@@ -128,33 +123,16 @@ def _head(header: MessageHeader | None, application: str, facility: str) -> _Hea
     return head
 
 
-# Issue locations ("MSH-12") read as segment id and field number; cleared when full, as _HEADS.
-_LOCATIONS: dict[str, tuple[str, str] | None] = {}
-
-
-def _location(location: str) -> tuple[str, str] | None:
-    try:
-        return _LOCATIONS[location]
-    except KeyError:
-        pass
-    match = _LOCATION.fullmatch(location)
-    found = (match.group(1), match.group(2)) if match else None
-    if len(_LOCATIONS) >= _HEADS_MAX:
-        _LOCATIONS.clear()
-    _LOCATIONS[location] = found
-    return found
-
-
 def _err_segment(issue: Issue, head: _Head) -> str:
     seps = head.seps
     fs, cs, ss = seps.field, seps.component, seps.subcomponent
     text = seps.escape_text(issue.text)
-    where = _location(issue.location)
+    match = _LOCATION.fullmatch(issue.location)
     # Segment id, sequence, field number: empty components are kept so the code stays in its place.
     if head.err1:
-        location = f"{where[0]}{cs}1{cs}{where[1]}" if where else f"{cs}{cs}"
+        location = f"{match.group(1)}{cs}1{cs}{match.group(2)}" if match else f"{cs}{cs}"
         return f"ERR{fs}{location}{cs}{issue.code}{ss}{text}{ss}HL70357"
-    location = f"{where[0]}{cs}1{cs}{where[1]}" if where else ""
+    location = f"{match.group(1)}{cs}1{cs}{match.group(2)}" if match else ""
     code_text = head.table.get(issue.code, head.accepted)
     return fs.join(["ERR", "", location, f"{issue.code}{cs}{code_text}{cs}HL70357", issue.severity, "", "", "", text])
 
